@@ -1,0 +1,45 @@
+"""``python -m ferlib <verb>``: the command line over ferlib's functions.
+
+Each stage module adds its own verbs through ``add_commands(subparsers)``;
+this file only collects them and turns :class:`~ferlib.errors.FERError` into
+one line on stderr and exit status 2.
+"""
+import argparse
+import importlib
+import sys
+
+from .errors import FERError
+
+#: Modules that contribute verbs, in the order they appear in ``--help``.
+STAGE_MODULES = [
+    "ferlib.synth",
+    "ferlib.data",
+    "ferlib.demo",
+    "ferlib.train",
+    "ferlib.evaluate",
+]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m ferlib",
+        description="Facial emotion recognition on FER+ with MXNet Gluon: data, training, evaluation, serving.",
+    )
+    subparsers = parser.add_subparsers(dest="verb", metavar="<verb>")
+    subparsers.required = True
+    for name in STAGE_MODULES:
+        importlib.import_module(name).add_commands(subparsers)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except FERError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

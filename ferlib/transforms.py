@@ -1,0 +1,255 @@
+"""Face crop, scaling, FER+ augmentation and intensity normalisation.
+
+The geometry and the normalisation are those of the FER+ reference code
+(``img_util.py`` in github.com/microsoft/FERPlus), rewritten for speed:
+
+* the affine warp (crop the face box, scale to ``size`` x ``size``, and for
+  training shift / scale / rotate / skew / flip) is one ``cv2.warpAffine`` per
+  image, with the same matrix, bilinear sampling and mirrored border as the
+  reference's ``scipy.ndimage.affine_transform``;
+* the normalisation (histogram equalisation to [-1, 1], then removing the
+  least-squares plane ``a + b*x + c*y`` and dividing by the standard deviation)
+  runs on a whole batch with numpy. The plane fit needs no matrix inversion:
+  on a full pixel grid the centred x and y coordinates are orthogonal to each
+  other and to the constant, so the fit is three dot products.
+
+:func:`preprocess` is the one entry point used by training, evaluation and the
+model server, so all three see exactly the same pixels.
+"""
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from .errors import FERError
+
+#: Input side of the FER+ network.
+INPUT_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Ranges of the random training distortion (defaults: the FER+ paper's).
+
+    Attributes
+    ----------
+    max_shift : float
+        Largest shift, as a fraction of the output size, in x and in y.
+    max_scale : float
+        Largest zoom factor; each axis zooms in or out by up to this.
+    max_angle : float
+        Largest rotation in degrees, either way.
+    max_skew : float
+        Largest shear in x and in y.
+    flip : bool
+        Mirror left-right with probability 1/2.
+    """
+
+    max_shift: float = 0.08
+    max_scale: float = 1.05
+    max_angle: float = 20.0
+    max_skew: float = 0.05
+    flip: bool = True
+
+
+#: The FER+ training distortion.
+FERPLUS_AUGMENTATION = Augmentation()
+
+
+@dataclass
+class WarpParams:
+    """Per-image distortion parameters, arrays of shape (N,). Identity when zero/one."""
+
+    shift_x: np.ndarray
+    shift_y: np.ndarray
+    scale_x: np.ndarray
+    scale_y: np.ndarray
+    angle: np.ndarray
+    skew_x: np.ndarray
+    skew_y: np.ndarray
+    flip: np.ndarray
+
+    @classmethod
+    def identity(cls, n):
+        zeros, ones = np.zeros(n), np.ones(n)
+        return cls(zeros, zeros, ones, ones, zeros, zeros, zeros, np.zeros(n, dtype=bool))
+
+    @classmethod
+    def draw(cls, n, size, rng, augmentation=FERPLUS_AUGMENTATION):
+        """Draw ``n`` independent distortions as the reference does, from ``rng``."""
+        a = augmentation
+        u = rng.uniform(-1.0, 1.0, size=(5, n))
+        zoom = rng.uniform(1.0, a.max_scale, size=(2, n))
+        zoom = np.where(rng.random((2, n)) < 0.5, 1.0 / zoom, zoom)
+        return cls(
+            shift_x=size * a.max_shift * u[0],
+            shift_y=size * a.max_shift * u[1],
+            scale_x=zoom[0],
+            scale_y=zoom[1],
+            angle=a.max_angle * u[2],
+            skew_x=a.max_skew * u[3],
+            skew_y=a.max_skew * u[4],
+            flip=(rng.random(n) < 0.5) & a.flip,
+        )
+
+
+def whole_image_boxes(shapes):
+    """Boxes ``[x, y, w, h]`` covering each image entirely, for shapes ``(h, w)``."""
+    return np.array([[0.0, 0.0, w, h] for h, w in shapes], dtype=np.float64)
+
+
+def warp_matrices(boxes, size, params):
+    """The 2x3 maps from output pixel (x, y) to source pixel (x, y), shape (N, 2, 3).
+
+    Same geometry as the reference ``crop_img``: the box centre goes to the
+    output centre plus the shift, and the box spans the output, scaled,
+    rotated and skewed about that centre.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x, y, w, h = boxes.T
+    centre_in = np.stack([y + h / 2.0, x + w / 2.0], axis=1)  # (row, col)
+    centre_out = np.stack([size / 2.0 + params.shift_y, size / 2.0 + params.shift_x], axis=1)
+    s_y = params.scale_y * (h - 1.0) / (size - 1.0)
+    s_x = params.scale_x * (w - 1.0) / (size - 1.0)
+    ang = np.deg2rad(params.angle)
+    cos, sin = np.cos(ang), np.sin(ang)
+    n = len(boxes)
+    rotation = np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1)
+    skew_y = np.tile(np.eye(2), (n, 1, 1))
+    skew_y[:, 0, 1] = params.skew_y
+    skew_x = np.tile(np.eye(2), (n, 1, 1))
+    skew_x[:, 1, 0] = params.skew_x
+    scale = np.zeros((n, 2, 2))
+    scale[:, 0, 0], scale[:, 1, 1] = s_y, s_x
+    # Row-vector form of the reference: source = output @ t + offset, in (row, col).
+    t = rotation @ skew_y @ skew_x @ scale
+    offset = centre_in - np.einsum("ni,nij->nj", centre_out, t)
+    # Column form in (x, y) order for OpenCV: swap both axes of t^T.
+    m = np.empty((n, 2, 3))
+    m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = t[:, 1, 1], t[:, 0, 1], offset[:, 1]
+    m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = t[:, 1, 0], t[:, 0, 0], offset[:, 0]
+    return m
+
+
+def _as_image_list(images):
+    if isinstance(images, np.ndarray) and images.ndim == 2:
+        return [images]
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        return images  # a batch of same-size images, indexed as a list
+    if isinstance(images, (list, tuple)):
+        return images
+    raise FERError(f"expected a 2-D grey image, an (N, H, W) batch or a list of images, got {type(images).__name__}")
+
+
+def warp_faces(images, boxes=None, size=INPUT_SIZE, params=None):
+    """Crop each face box and warp it to ``size`` x ``size`` (uint8, shape (N, size, size)).
+
+    Parameters
+    ----------
+    images : ndarray (H, W) or (N, H, W) of uint8, or a list of 2-D uint8 arrays
+        Grey images; the list form allows images of different sizes.
+    boxes : array-like (N, 4), optional
+        Face boxes ``[x, y, w, h]`` in pixels; default the whole image.
+    size : int
+        Output side.
+    params : WarpParams, optional
+        Distortions; default none (evaluation).
+    """
+    images = _as_image_list(images)
+    n = len(images)
+    if boxes is None:
+        boxes = whole_image_boxes([im.shape[:2] for im in images])
+    if params is None:
+        params = WarpParams.identity(n)
+    matrices = warp_matrices(boxes, size, params)
+    out = np.empty((n, size, size), dtype=np.uint8)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    for i in range(n):
+        warped = cv2.warpAffine(images[i], matrices[i], (size, size), flags=flags, borderMode=cv2.BORDER_REFLECT)
+        out[i] = warped[:, ::-1] if params.flip[i] else warped
+    return out
+
+
+@lru_cache(maxsize=8)
+def _plane_basis(height, width):
+    """Unit vectors along the centred x and y pixel coordinates (float32, each (H*W,))."""
+    y, x = np.mgrid[0:height, 0:width]
+    basis = []
+    for coord in (x, y):
+        centred = coord.ravel() - coord.mean()
+        basis.append((centred / np.linalg.norm(centred)).astype(np.float32))
+    return basis
+
+
+def normalize(faces):
+    """FER+ intensity normalisation of a batch of uint8 faces; float32, same shape.
+
+    Histogram equalisation maps each image's grey levels through its own CDF
+    to (-1, 1]; then the best-fitting plane ``a + b*x + c*y`` (uneven lighting)
+    is subtracted and the result divided by its standard deviation (left as is
+    when that is below 1e-6, e.g. a flat image).
+    """
+    faces = np.asarray(faces)
+    if faces.dtype != np.uint8:
+        raise FERError(f"normalize expects uint8 faces, got {faces.dtype}")
+    squeeze = faces.ndim == 2
+    batch = faces[None] if squeeze else faces
+    n, height, width = batch.shape
+    flat = batch.reshape(n, -1)
+    # One bincount for the whole batch: give each image its own 256 bins.
+    offsets = (np.arange(n, dtype=np.int64) * 256)[:, None]
+    hist = np.bincount((flat + offsets).ravel(), minlength=256 * n).reshape(n, 256)
+    cdf = hist.cumsum(axis=1).astype(np.float32)
+    cdf = cdf * (2.0 / cdf[:, -1:]) - 1.0
+    equalised = np.take_along_axis(cdf, flat.astype(np.intp), axis=1)
+    ux, uy = _plane_basis(height, width)
+    residual = equalised - equalised.mean(axis=1, keepdims=True)
+    residual -= np.outer(residual @ ux, ux)
+    residual -= np.outer(residual @ uy, uy)
+    std = np.sqrt((residual * residual).mean(axis=1, keepdims=True))
+    residual = np.divide(residual, std, out=residual, where=std > 1e-6)
+    out = residual.reshape(n, height, width)
+    return out[0] if squeeze else out
+
+
+def preprocess(images, boxes=None, size=INPUT_SIZE, augmentation=None, rng=None):
+    """Images and face boxes to network input: float32 of shape (N, 1, size, size).
+
+    Parameters
+    ----------
+    images, boxes, size
+        As in :func:`warp_faces`.
+    augmentation : Augmentation, optional
+        Draw a fresh random distortion per image (training); ``None`` for evaluation.
+    rng : numpy.random.Generator, optional
+        Source of the distortions (required with ``augmentation``).
+    """
+    images = _as_image_list(images)
+    params = None
+    if augmentation is not None:
+        if rng is None:
+            raise FERError("augmentation draws random distortions: pass rng=numpy.random.default_rng(seed)")
+        params = WarpParams.draw(len(images), size, rng, augmentation)
+    faces = warp_faces(images, boxes, size, params)
+    return normalize(faces)[:, None]
+
+
+def to_grey_uint8(image):
+    """Any image array (grey, RGB, RGBA, 16-bit, float in [0, 1]) to 2-D grey uint8."""
+    image = np.asarray(image)
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype.kind == "f":
+        image = np.clip(image * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2GRAY)
+    elif image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim != 2:
+        raise FERError(f"cannot make a grey image from an array of shape {image.shape}")
+    return np.ascontiguousarray(image)
