@@ -5,7 +5,6 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # MXNet starts one OpenMP thread unless told otherwise; use every core.
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
-export MPLBACKEND ?= Agg
 
 DEMO_DIR ?= build/demo
 

@@ -17,7 +17,7 @@ restore_numpy_aliases()
 
 from .errors import FERError  # noqa: E402
 from .labels import EMOTIONS, MODES, VOTE_COLUMNS  # noqa: E402
-from . import labels, transforms, data, synth, utils  # noqa: E402,F401
+from . import labels, transforms, data, synth, utils, demo  # noqa: E402,F401
 
 __version__ = "0.1.0"
 

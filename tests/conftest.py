@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-# MXNet reads these at start-up; keep tests on the cores we have and headless.
+# MXNet reads this at start-up: use the cores we have. (No MPLBACKEND here: notebook
+# kernels must keep their inline backend, and matplotlib picks Agg without a display.)
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 import ferlib  # noqa: E402  (applies the numpy shim before anything imports mxnet)
 
