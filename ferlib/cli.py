@@ -17,6 +17,8 @@ STAGE_MODULES = [
     "ferlib.demo",
     "ferlib.train",
     "ferlib.evaluate",
+    "ferlib.serving",
+    "ferlib.export",
 ]
 
 

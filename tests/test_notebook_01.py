@@ -16,7 +16,7 @@ def test_notebooks_are_committed_without_outputs():
         assert not dirty, f"{path.name}: cells {dirty} keep outputs"
         tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{path.name}: needs one cell tagged 'parameters'"
-        headings = [c["source"] for c in nb["cells"] if c["cell_type"] == "markdown"]
+        headings = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"]
         assert any("## Summary" in h for h in headings) and any("## Exercises" in h for h in headings)
 
 

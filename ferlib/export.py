@@ -1,0 +1,164 @@
+"""Export a trained network to ONNX, and check the export with ONNX Runtime.
+
+``python -m ferlib export --run runs/NAME --onnx fer.onnx`` converts the run's
+exported MXNet graph (``model-symbol.json`` + ``model-0000.params``) with
+MXNet's own exporter (:func:`mxnet.onnx.export_model`), with a free batch
+dimension, then runs a batch of real preprocessed faces through both MXNet
+and ONNX Runtime: the top class must agree on every face and every
+probability within 1e-4 (:func:`check_onnx`).
+
+The ONNX model has one input ``data`` of shape ``(N, 1, S, S)`` (the output
+of :func:`ferlib.transforms.preprocess`) and one output: the 8 logits in the
+order of :data:`ferlib.labels.EMOTIONS`; apply a softmax for probabilities.
+
+Needs ``onnx`` (MXNet 1.9.1's exporter works with onnx 1.14.1) and
+``onnxruntime`` for the check.
+"""
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FERError
+from .labels import EMOTIONS
+from .model import EXPORT_PARAMS, EXPORT_SYMBOL, load_exported
+from .transforms import preprocess
+
+import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
+
+#: Largest allowed difference between MXNet's and ONNX Runtime's probabilities.
+PROBABILITY_TOLERANCE = 1e-4
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise FERError("ONNX export needs the onnx package: pip install onnx==1.14.1") from None
+    return onnx
+
+
+def _run_input_size(run_dir):
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        raise FERError(f"{config_path} is missing: {run_dir} is not a training run folder")
+    try:
+        return int(json.loads(config_path.read_text(encoding="utf-8"))["input_size"])
+    except (ValueError, KeyError) as err:
+        raise FERError(f"{config_path}: cannot read input_size ({err})") from None
+
+
+def export_onnx(run_dir, onnx_path, input_size=None):
+    """Convert a run's exported network to an ONNX file with a dynamic batch size.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        Run folder with ``model-symbol.json``, ``model-0000.params`` and ``config.json``.
+    onnx_path : str or Path
+        File to write.
+    input_size : int, optional
+        Default: the run's ``input_size``.
+
+    Returns
+    -------
+    Path of the ONNX file.
+    """
+    onnx = _import_onnx()
+    run_dir, onnx_path = Path(run_dir), Path(onnx_path)
+    for name in (EXPORT_SYMBOL, EXPORT_PARAMS):
+        if not (run_dir / name).is_file():
+            raise FERError(f"{run_dir / name} is missing: the run has no exported network")
+    size = input_size or _run_input_size(run_dir)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = onnx_path.with_name(f".{onnx_path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter warns about its own internals
+        mx.onnx.export_model(str(run_dir / EXPORT_SYMBOL), str(run_dir / EXPORT_PARAMS),
+                             in_shapes=[(1, 1, size, size)], in_types=[np.float32],
+                             onnx_file_path=str(tmp_path), dynamic=True,
+                             dynamic_input_shapes=[(None, 1, size, size)])
+    model = onnx.load(str(tmp_path))
+    # MXNet lists the weights as graph inputs too; ONNX Runtime then treats them as
+    # overridable inputs and will not fold constants. Keep only the real input.
+    weights = {init.name for init in model.graph.initializer}
+    real_inputs = [i for i in model.graph.input if i.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(real_inputs)
+    model.doc_string = f"FER+ emotions {', '.join(EMOTIONS)}: logits of input data (N, 1, {size}, {size})"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path))
+    os.replace(tmp_path, onnx_path)
+    return onnx_path
+
+
+def sample_batch(input_size, n=16, seed=0, data=None):
+    """A batch of preprocessed faces to compare runtimes on.
+
+    ``data`` may be a prepared cache folder or a FERPlusData (its test faces
+    are used); default synthetic faces from :mod:`ferlib.synth`.
+    """
+    if data is not None:
+        from .data import FERPlusData, load_cache
+
+        data = data if isinstance(data, FERPlusData) else load_cache(data)
+        rows = data.split_indices("test")[:n]
+        images = data.images[rows]
+    else:
+        from .synth import make_faces
+
+        images = make_faces(n, seed).images
+    return preprocess(images, size=input_size)
+
+
+def check_onnx(run_dir, onnx_path, batch=None, tolerance=PROBABILITY_TOLERANCE):
+    """Run ``batch`` through MXNet and ONNX Runtime and compare.
+
+    Returns
+    -------
+    dict
+        ``max_abs_diff`` of the probabilities, ``same_top_class`` (bool),
+        ``batch_size``; raises FERError when either check fails.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise FERError("checking the ONNX file needs onnxruntime: pip install onnxruntime") from None
+    size = _run_input_size(run_dir)
+    batch = sample_batch(size) if batch is None else np.asarray(batch, dtype=np.float32)
+    net = load_exported(run_dir)
+    mx_prob = mx.nd.softmax(net(mx.nd.array(batch))).asnumpy()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: batch})[0]
+    ort_prob = mx.nd.softmax(mx.nd.array(logits)).asnumpy()
+    diff = float(np.abs(mx_prob - ort_prob).max())
+    same_top = bool((mx_prob.argmax(axis=1) == ort_prob.argmax(axis=1)).all())
+    result = {"max_abs_diff": diff, "same_top_class": same_top, "batch_size": int(len(batch))}
+    if not same_top or diff > tolerance:
+        raise FERError(f"{onnx_path} disagrees with MXNet on a batch of {len(batch)}: top class the same "
+                       f"everywhere: {same_top}, largest probability difference {diff:.2e} (limit {tolerance:g})")
+    return result
+
+
+def _export_command(args):
+    path = export_onnx(args.run, args.onnx)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if not args.no_check:
+        result = check_onnx(args.run, path)
+        print(f"onnxruntime agrees with MXNet on {result['batch_size']} faces: same top class, "
+              f"largest probability difference {result['max_abs_diff']:.1e}")
+    return 0
+
+
+def add_commands(subparsers):
+    p = subparsers.add_parser("export", help="export a run's network to ONNX and check it with onnxruntime",
+                              description="Convert the run's exported MXNet network to ONNX (dynamic batch) "
+                                          "with MXNet's exporter, then compare it with onnxruntime on a batch.")
+    p.add_argument("--run", required=True, help="training run folder")
+    p.add_argument("--onnx", required=True, help="ONNX file to write, e.g. model_store/fer.onnx")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.set_defaults(func=_export_command)

@@ -1,0 +1,114 @@
+"""The losses of the four FER+ label schemes.
+
+The network outputs logits ``z`` (N, 8); ``p = softmax(z)``. Each loss returns
+one value per sample, shape (N,), like the losses of :mod:`mxnet.gluon.loss`
+(``Trainer.step(batch_size)`` then averages over the batch).
+
+* majority, probability, crossentropy: :class:`SoftTargetCrossEntropyLoss`,
+  ``-sum_k t_k log p_k``, with ``t`` the one-hot majority label, a one-hot
+  label drawn from the vote distribution each epoch, or the vote
+  distribution itself (see :func:`ferlib.labels.training_targets`).
+* multi_target: :class:`MultiTargetLoss`, ``-log max_k (t_k p_k)`` with ``t``
+  the mask of :func:`ferlib.labels.multi_target_mask`: the loss is that of the
+  taken class the network already finds most likely.
+
+Both work from ``log_softmax``, so they stay finite for any logits.
+"""
+from .labels import check_mode
+
+from mxnet.gluon.loss import Loss, _apply_weighting, _reshape_like  # noqa: E402
+
+
+class SoftTargetCrossEntropyLoss(Loss):
+    """Cross-entropy against a target distribution: ``-sum_k t_k log softmax(z)_k``.
+
+    For one-hot targets this equals
+    ``gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)``.
+
+    Parameters
+    ----------
+    axis : int, default -1
+        The class axis.
+    weight : float or None
+        Global scalar weight of the loss.
+    batch_axis : int, default 0
+
+    Inputs
+    ------
+    pred : (N, C) logits
+    label : (N, C) target distributions (rows summing to 1)
+    sample_weight : optional, broadcastable to (N, 1)
+
+    Outputs
+    -------
+    (N,) loss per sample.
+    """
+
+    def __init__(self, axis=-1, weight=None, batch_axis=0, **kwargs):
+        super().__init__(weight, batch_axis, **kwargs)
+        self._axis = axis
+
+    def hybrid_forward(self, F, pred, label, sample_weight=None):
+        label = _reshape_like(F, label, pred)
+        loss = -F.sum(label * F.log_softmax(pred, axis=self._axis), axis=self._axis, keepdims=True)
+        loss = _apply_weighting(F, loss, self._weight, sample_weight)
+        return F.mean(loss, axis=self._batch_axis, exclude=True)
+
+
+class MultiTargetLoss(Loss):
+    """The FER+ multi-target loss: ``-log max_k (t_k softmax(z)_k)``.
+
+    ``t`` is 1 for the classes the crowd chose and a small epsilon (0.001)
+    elsewhere (:func:`ferlib.labels.multi_target_mask`): predicting any chosen
+    class well is enough. Computed as ``-max_k (log t_k + log_softmax(z)_k)``;
+    the gradient flows through the one class that attains the maximum (the
+    first on ties).
+
+    Parameters
+    ----------
+    axis : int, default -1
+        The class axis.
+    weight : float or None
+        Global scalar weight of the loss.
+    batch_axis : int, default 0
+
+    Inputs
+    ------
+    pred : (N, C) logits
+    label : (N, C) positive mask ``t``
+    sample_weight : optional, broadcastable to (N, 1)
+
+    Outputs
+    -------
+    (N,) loss per sample.
+    """
+
+    def __init__(self, axis=-1, weight=None, batch_axis=0, **kwargs):
+        super().__init__(weight, batch_axis, **kwargs)
+        self._axis = axis
+
+    def hybrid_forward(self, F, pred, label, sample_weight=None):
+        label = _reshape_like(F, label, pred)
+        score = F.log(label) + F.log_softmax(pred, axis=self._axis)
+        # pick at the argmax rather than max(): one class takes the gradient
+        # even when scores tie (max's backward would give it to every tied class).
+        best = F.stop_gradient(F.argmax(score, axis=self._axis))
+        loss = -F.pick(score, best, axis=self._axis, keepdims=True)
+        loss = _apply_weighting(F, loss, self._weight, sample_weight)
+        return F.mean(loss, axis=self._batch_axis, exclude=True)
+
+
+_LOSSES = {
+    "majority": SoftTargetCrossEntropyLoss,
+    "probability": SoftTargetCrossEntropyLoss,
+    "crossentropy": SoftTargetCrossEntropyLoss,
+    "multi_target": MultiTargetLoss,
+}
+
+
+def get_loss(mode, **kwargs):
+    """The loss block of a FER+ label scheme (one of :data:`ferlib.labels.MODES`).
+
+    ``kwargs`` go to the loss constructor (e.g. ``weight``).
+    """
+    return _LOSSES[check_mode(mode)](**kwargs)

@@ -1,0 +1,539 @@
+"""The networks: the FER+ VGG13 and GluonCV backbones adapted to grey faces.
+
+Every network takes a batch of normalised grey faces ``(N, 1, S, S)`` (see
+:func:`ferlib.transforms.preprocess`) and returns logits ``(N, 8)`` in the
+order of :data:`ferlib.labels.EMOTIONS`; the softmax is part of the loss
+(:mod:`ferlib.losses`) and of prediction.
+
+Models are built by name, gluon-cv style::
+
+    net = get_model("vgg13")                  # the network of the FER+ paper
+    net = get_model("vgg13_small")            # BatchNorm, 1/4 of the channels: CPU-friendly
+    net = get_model("resnet18_v1b", pretrained=True)   # ImageNet start (needs a download)
+
+A training run folder holds ``config.json`` and ``best.params``;
+:func:`load_run` rebuilds the network from it, :func:`export_net` writes the
+hybridized graph (``model-symbol.json`` + ``model-0000.params``) that
+:func:`load_exported` and the model server read back without any Python model
+code.
+"""
+import contextlib
+import inspect
+import io
+import json
+import numbers
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import FERError
+from .labels import EMOTIONS, NUM_CLASSES
+from .transforms import INPUT_SIZE
+
+import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
+from mxnet.gluon import nn  # noqa: E402
+
+#: The smallest input side the networks accept: VGG13 halves it four times.
+MIN_INPUT_SIZE = 16
+
+
+def _check_input_size(input_size):
+    if not isinstance(input_size, numbers.Integral) or isinstance(input_size, bool) or input_size < MIN_INPUT_SIZE:
+        raise FERError(f"input_size must be a whole number of pixels >= {MIN_INPUT_SIZE}, got {input_size!r}")
+    return int(input_size)
+
+
+def _check_classes(classes):
+    if not isinstance(classes, numbers.Integral) or isinstance(classes, bool) or classes < 2:
+        raise FERError(f"classes must be a whole number >= 2, got {classes!r}")
+    return int(classes)
+
+
+class VGG13(nn.HybridBlock):
+    """The VGG13 network of the FER+ paper (Barsoum et al. 2016).
+
+    Four blocks of 3x3 convolutions (padding 1, ReLU) with 64, 64 | 128, 128 |
+    256, 256, 256 | 256, 256, 256 channels, each block followed by 2x2 max
+    pooling (stride 2) and dropout; then dense 1024 (ReLU), dropout, dense
+    1024 (ReLU), dropout, dense ``classes``. Weights start Glorot-uniform and
+    biases zero, as in the paper's reference code.
+
+    With the defaults (64x64 input, 8 classes) the network has
+    **8,757,704 parameters**: 3,504,576 in the convolutions and 5,253,128 in
+    the dense layers, of which 4,195,328 connect the 256x4x4 feature map to
+    the first dense layer. ``vgg13_bn`` (``batch_norm=True``) has 8,759,624
+    trainable parameters (no conv biases: -1,920; BatchNorm scales and
+    shifts: +3,840) plus 3,840 BatchNorm running statistics, 8,763,464 in
+    all; ``vgg13_small`` (BatchNorm, width 0.25) has 551,192 in all. At 48x48
+    the first dense layer sees 256x3x3 features and ``vgg13`` has 6,922,696.
+
+    Parameters
+    ----------
+    classes : int, default 8
+        Number of outputs (logits).
+    batch_norm : bool, default False
+        Add BatchNorm after every convolution, before its ReLU (the
+        convolutions then have no bias, which BatchNorm would cancel). Not in
+        the paper; it makes training faster and less sensitive to the learning
+        rate.
+    width : float, default 1.0
+        Multiplier of every convolution and hidden dense width (at least 1
+        channel each), e.g. 0.25 for fast CPU runs and tests.
+    input_size : int, default 64
+        Side of the square input. Only the first dense layer depends on it
+        (its input size is inferred at the first forward pass); 48 runs on the
+        FER2013 pixels without upscaling.
+    conv_dropout : float, default 0.25
+        Dropout rate after each pooling.
+    dense_dropout : float, default 0.5
+        Dropout rate after each hidden dense layer.
+
+    Inputs
+    ------
+    x : NDArray of shape (N, 1, input_size, input_size)
+
+    Outputs
+    -------
+    NDArray of shape (N, classes): logits.
+    """
+
+    #: Channels of the four convolution blocks.
+    CONV_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (256, 256, 256))
+    #: Widths of the two hidden dense layers.
+    DENSE_UNITS = (1024, 1024)
+
+    def __init__(self, classes=NUM_CLASSES, batch_norm=False, width=1.0, input_size=INPUT_SIZE,
+                 conv_dropout=0.25, dense_dropout=0.5, **kwargs):
+        super().__init__(**kwargs)
+        if not width > 0:
+            raise FERError(f"width must be > 0, got {width!r}")
+        for name, rate in (("conv_dropout", conv_dropout), ("dense_dropout", dense_dropout)):
+            if not 0.0 <= rate < 1.0:
+                raise FERError(f"{name} must be in [0, 1), got {rate!r}")
+        self.classes = _check_classes(classes)
+        self.input_size = _check_input_size(input_size)
+        self.batch_norm = bool(batch_norm)
+        self.width = float(width)
+
+        def scaled(units):
+            return max(1, int(round(units * width)))
+
+        glorot = mx.init.Xavier(rnd_type="uniform", factor_type="avg", magnitude=3)
+        with self.name_scope():
+            self.features = nn.HybridSequential(prefix="features_")
+            with self.features.name_scope():
+                for block in self.CONV_BLOCKS:
+                    for channels in block:
+                        self.features.add(nn.Conv2D(scaled(channels), kernel_size=3, padding=1,
+                                                    use_bias=not batch_norm, weight_initializer=glorot))
+                        if batch_norm:
+                            self.features.add(nn.BatchNorm())
+                        self.features.add(nn.Activation("relu"))
+                    self.features.add(nn.MaxPool2D(pool_size=2, strides=2))
+                    if conv_dropout:
+                        self.features.add(nn.Dropout(conv_dropout))
+            self.classifier = nn.HybridSequential(prefix="classifier_")
+            with self.classifier.name_scope():
+                self.classifier.add(nn.Flatten())
+                for units in self.DENSE_UNITS:
+                    # in_units left deferred: it follows from input_size.
+                    self.classifier.add(nn.Dense(scaled(units), weight_initializer=glorot),
+                                        nn.Activation("relu"))
+                    if dense_dropout:
+                        self.classifier.add(nn.Dropout(dense_dropout))
+            self.output = nn.Dense(classes, weight_initializer=glorot)
+
+    def hybrid_forward(self, F, x):
+        return self.output(self.classifier(self.features(x)))
+
+
+# --------------------------------------------------------------------------
+# GluonCV backbones: grey 1-channel stem, ``classes`` outputs.
+
+def _stem_and_head(net):
+    """The first convolution and the classifier of a supported GluonCV network.
+
+    Returns ``(stem, replace_stem, replace_head)``: ``replace_stem(block)``
+    puts ``block`` in the stem's place, ``replace_head(classes)`` puts a new
+    ``classes``-way classifier in place of the old one.
+    """
+    from gluoncv.model_zoo.mobilenet import MobileNetV2
+    from gluoncv.model_zoo.resnetv1b import ResNetV1b
+
+    if isinstance(net, ResNetV1b) and isinstance(net.conv1, nn.Conv2D):
+        def replace_stem(block):
+            net.conv1 = block
+
+        def replace_head(classes):
+            with net.name_scope():
+                net.fc = nn.Dense(classes, in_units=net.fc._in_units)
+        return net.conv1, replace_stem, replace_head
+    if isinstance(net, MobileNetV2):
+        def replace_stem(block):
+            net.features.register_child(block, "0")  # same key: keeps its place in the sequence
+
+        def replace_head(classes):
+            with net.name_scope():
+                head = nn.HybridSequential(prefix="output_")
+                with head.name_scope():
+                    head.add(nn.Conv2D(classes, 1, use_bias=False, prefix="pred_"), nn.Flatten())
+            net.output = head
+        return net.features[0], replace_stem, replace_head
+    raise FERError(f"cannot adapt {type(net).__name__} to grey faces (supported: ResNetV1b, MobileNetV2)")
+
+
+def adapt_to_faces(net, classes=NUM_CLASSES):
+    """Give an ImageNet-style GluonCV network a 1-channel stem and a ``classes``-way head.
+
+    When the stem already has RGB weights (a pretrained network), the grey
+    kernel is the sum of the three colour kernels: the adapted network sees a
+    grey image exactly as the original saw that image copied into R, G and B.
+    (ferlib normalises each face to zero mean and unit spread, not with the
+    ImageNet channel statistics, so the ImageNet start still needs fine-tuning
+    of the whole network.)
+    The new head is initialised (Xavier) on the stem's context in that case, so
+    the returned network is complete; otherwise both stay uninitialised and
+    ``net.initialize()`` sets them up with the rest.
+
+    Parameters
+    ----------
+    net : gluoncv ResNetV1b (conv1 stem) or MobileNetV2
+    classes : int
+
+    Returns
+    -------
+    The same ``net``, changed in place.
+    """
+    stem, replace_stem, replace_head = _stem_and_head(net)
+    spec = stem._kwargs
+    with net.name_scope():
+        grey_stem = nn.Conv2D(stem._channels, kernel_size=spec["kernel"], strides=spec["stride"],
+                              padding=spec["pad"], dilation=spec["dilate"], groups=spec["num_group"],
+                              use_bias=not spec["no_bias"], in_channels=1)
+    rgb_weight = stem.weight._data  # None until the stem has data
+    if rgb_weight is not None:
+        ctx = stem.weight.list_ctx()
+        weight = stem.weight.data(ctx[0])
+        grey_stem.initialize(ctx=ctx)
+        grey_stem.weight.set_data(weight.sum(axis=1, keepdims=True))
+        if not spec["no_bias"]:
+            grey_stem.bias.set_data(stem.bias.data(ctx[0]))
+    replace_stem(grey_stem)
+    replace_head(classes)
+    if rgb_weight is not None:
+        # Only the new head is uninitialised; leave the loaded weights alone.
+        for param in net.collect_params().values():
+            if param._data is None and param._deferred_init == ():
+                param.initialize(None, ctx, default_init=mx.init.Xavier())  # biases keep 'zeros'
+    return net
+
+
+_DEFAULT_ROOT = os.path.join("~", ".mxnet", "models")
+
+
+def gluoncv_backbone(name, classes=NUM_CLASSES, pretrained=False, input_size=INPUT_SIZE, ctx=None,
+                     root=_DEFAULT_ROOT, **kwargs):
+    """A GluonCV model-zoo network for grey ``input_size`` faces and ``classes`` outputs.
+
+    Parameters
+    ----------
+    name : str
+        A GluonCV model name, e.g. ``resnet18_v1b`` or ``mobilenetv2_0.25``.
+    classes : int, default 8
+    pretrained : bool, default False
+        Start from the ImageNet weights of the GluonCV model zoo (downloaded to
+        ``root`` on first use; fails with a FERError without internet). The
+        RGB stem becomes grey by summing its kernels (see
+        :func:`adapt_to_faces`); the 8-class head starts fresh.
+    input_size : int, default 64
+        Recorded on the network (``net.input_size``); the global pooling makes
+        the network work at any size >= 16.
+    ctx : Context, default cpu
+        Where the pretrained weights are loaded.
+    root : str
+        Folder of the GluonCV weight files.
+    **kwargs
+        Passed to the GluonCV constructor (e.g. ``norm_kwargs``).
+    """
+    import gluoncv
+
+    _check_classes(classes)
+    _check_input_size(input_size)
+    if pretrained:
+        try:
+            net = gluoncv.model_zoo.get_model(name, pretrained=True, ctx=ctx or mx.cpu(), root=root, **kwargs)
+        except Exception as err:  # download (no network) or a broken weight file
+            raise FERError(
+                f"{name}: pretrained=True needs the ImageNet weights of the GluonCV model zoo, which are "
+                f"downloaded to {os.path.expanduser(root)} on first use; this failed "
+                f"({type(err).__name__}: {err}). Connect to the internet once, or use pretrained=False."
+            ) from err
+    else:
+        net = gluoncv.model_zoo.get_model(name, pretrained=False, classes=classes, **kwargs)
+    adapt_to_faces(net, classes)
+    net.input_size = input_size
+    net.classes = classes  # pretrained GluonCV nets carry ImageNet names here
+    return net
+
+
+# --------------------------------------------------------------------------
+# Registry
+
+def _vgg13_builder(name, **defaults):
+    def build(pretrained=False, **kwargs):
+        if pretrained:
+            raise FERError(f"{name} has no pretrained weights: it trains from scratch on FER+ "
+                           f"(for an ImageNet start use {', '.join(_BACKBONES)})")
+        return VGG13(**{**defaults, **kwargs})
+    return build
+
+
+def _backbone(gluoncv_name):
+    def build(**kwargs):
+        return gluoncv_backbone(gluoncv_name, **kwargs)
+    build.__doc__ = f"GluonCV {gluoncv_name} for grey faces (see gluoncv_backbone)."
+    return build
+
+
+_BACKBONES = ("resnet18_v1b", "mobilenetv2_0.25", "mobilenetv2_1.0")
+_MODELS = {
+    "vgg13": _vgg13_builder("vgg13"),
+    "vgg13_bn": _vgg13_builder("vgg13_bn", batch_norm=True),
+    "vgg13_small": _vgg13_builder("vgg13_small", batch_norm=True, width=0.25),
+    **{name: _backbone(name) for name in _BACKBONES},
+}
+
+_VGG_OPTIONS = tuple(p for p in inspect.signature(VGG13.__init__).parameters
+                     if p not in ("self", "kwargs")) + ("pretrained",)
+_BACKBONE_OPTIONS = ("classes", "pretrained", "input_size", "ctx", "root", "norm_kwargs")
+
+
+def initialize(net, ctx=None, init=None):
+    """Initialise the parameters of ``net`` that have no values yet, on ``ctx``.
+
+    Unlike ``net.initialize`` this also fits pretrained networks: loaded
+    weights are kept and only moved to ``ctx``, the fresh layers (the 8-class
+    head) are initialised. Layers with their own initializer (VGG13's Glorot
+    weights, zero biases, BatchNorm) keep it; the others get ``init``
+    (default: He/MSRA, ``Xavier(gaussian, in, 2)``, suited to ReLU networks).
+
+    Returns ``net``.
+    """
+    ctx = _contexts(ctx)
+    default_init = init or mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2)
+    for param in net.collect_params().values():
+        if param._data is None and not param._deferred_init:
+            param.initialize(None, ctx, default_init)
+        else:
+            param.reset_ctx(ctx)
+    return net
+
+
+def list_models():
+    """Names accepted by :func:`get_model`."""
+    return list(_MODELS)
+
+
+def get_model(name, **kwargs):
+    """Build a network by name.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`list_models`:
+
+        * ``vgg13`` -- the FER+ paper's VGG13 (:class:`VGG13`);
+        * ``vgg13_bn`` -- the same with BatchNorm after every convolution;
+        * ``vgg13_small`` -- BatchNorm and a quarter of the channels
+          (width 0.25): 55 M multiply-adds per 64x64 face instead of 876 M, for CPU;
+        * ``resnet18_v1b``, ``mobilenetv2_0.25``, ``mobilenetv2_1.0`` --
+          GluonCV model-zoo networks with a grey stem and an 8-class head
+          (:func:`gluoncv_backbone`; ``pretrained=True`` starts from ImageNet).
+    **kwargs
+        Options of the model (they override the name's defaults), e.g.
+        ``width=0.5`` or ``input_size=48``.
+
+    Returns
+    -------
+    HybridBlock, not initialised (except pretrained backbones): call
+    ``net.initialize(ctx=ctx)``.
+    """
+    if name not in _MODELS:
+        raise FERError(f"unknown model {name!r}; choose one of: {', '.join(_MODELS)}")
+    allowed = _VGG_OPTIONS if name.startswith("vgg") else _BACKBONE_OPTIONS
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise FERError(f"model {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(allowed)}")
+    return _MODELS[name](**kwargs)
+
+
+# --------------------------------------------------------------------------
+# Run folders and exported graphs
+
+#: Files of a training run folder that :func:`load_run` reads.
+RUN_CONFIG, RUN_PARAMS = "config.json", "best.params"
+#: Prefix of the exported graph: ``model-symbol.json`` and ``model-0000.params``.
+EXPORT_PREFIX = "model"
+EXPORT_SYMBOL, EXPORT_PARAMS = f"{EXPORT_PREFIX}-symbol.json", f"{EXPORT_PREFIX}-0000.params"
+
+
+def _contexts(ctx):
+    if ctx is None:
+        return [mx.cpu()]
+    return list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
+
+
+def _read_config(run_dir):
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FERError(f"run folder {run_dir} does not exist (train a model first, or check the path)")
+    config_path = run_dir / RUN_CONFIG
+    if not config_path.is_file():
+        raise FERError(f"{config_path} is missing: {run_dir} is not a complete training run folder")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FERError(f"{config_path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise FERError(f"{config_path} must hold a JSON object")
+    missing = [key for key in ("model", "model_kwargs", "input_size", "emotions") if key not in config]
+    if missing:
+        raise FERError(f"{config_path} lacks the key(s) {', '.join(missing)}")
+    if not isinstance(config["model_kwargs"], dict):
+        raise FERError(f"{config_path}: model_kwargs must be a JSON object")
+    return config_path, config
+
+
+def load_run(run_dir, ctx=None):
+    """Rebuild the best network of a training run.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        Folder with ``config.json`` (keys ``model``, ``model_kwargs``,
+        ``input_size``, ``emotions``) and ``best.params``.
+    ctx : Context or list of Context, default cpu
+
+    Returns
+    -------
+    net : HybridBlock
+        With the weights of ``best.params`` (not hybridized).
+    config : dict
+        The parsed ``config.json``.
+    """
+    config_path, config = _read_config(run_dir)
+    params_path = Path(run_dir) / RUN_PARAMS
+    if not params_path.is_file():
+        raise FERError(f"{params_path} is missing: the run saved no best weights (did it finish an epoch?)")
+    emotions = list(config["emotions"])
+    kwargs = dict(config["model_kwargs"])
+    kwargs.pop("pretrained", None)  # the weights come from best.params
+    classes = kwargs.get("classes", NUM_CLASSES)
+    if len(emotions) != NUM_CLASSES or classes != NUM_CLASSES:
+        raise FERError(f"{config_path}: the run has {classes} outputs and {len(emotions)} emotions, "
+                       f"but ferlib predicts the {NUM_CLASSES} FER+ emotions {', '.join(EMOTIONS)}")
+    if emotions != list(EMOTIONS):
+        raise FERError(f"{config_path}: emotions {emotions} are not ferlib's order {list(EMOTIONS)}")
+    if kwargs.setdefault("input_size", config["input_size"]) != config["input_size"]:
+        raise FERError(f"{config_path}: input_size {config['input_size']} differs from "
+                       f"model_kwargs input_size {kwargs['input_size']}")
+    net = get_model(config["model"], **kwargs)
+    try:
+        net.load_parameters(str(params_path), ctx=_contexts(ctx))
+    except (AssertionError, mx.base.MXNetError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FERError(f"{params_path} does not fit model {config['model']!r} with {kwargs}: {first_line}") from None
+    return net, config
+
+
+def _first_context(net):
+    for param in net.collect_params().values():
+        try:
+            return param.list_ctx()[0]  # also known for deferred-init parameters
+        except RuntimeError:  # not initialised
+            continue
+    return mx.cpu()
+
+
+def export_net(net, run_dir, input_size=INPUT_SIZE):
+    """Hybridize ``net`` and write its graph and weights for deployment.
+
+    Writes ``run_dir/model-symbol.json`` and ``run_dir/model-0000.params``
+    (each replaced atomically). The graph has one input, ``data``, of shape
+    ``(N, 1, input_size, input_size)``; dropout is off and BatchNorm uses its
+    running statistics, as at prediction.
+
+    Returns
+    -------
+    (symbol_path, params_path) : tuple of Path
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_input_size(input_size)
+    if not getattr(net, "_active", False):
+        net.hybridize()  # keep the flags (static_alloc ...) of an already hybridized net
+    # export() needs the cached graph, which the first forward builds.
+    net(mx.nd.zeros((1, 1, input_size, input_size), ctx=_first_context(net)))
+    tmp_dir = tempfile.mkdtemp(dir=run_dir, prefix=".export-")
+    try:
+        net.export(os.path.join(tmp_dir, EXPORT_PREFIX))
+        for name in (EXPORT_SYMBOL, EXPORT_PARAMS):
+            os.replace(os.path.join(tmp_dir, name), run_dir / name)
+    finally:
+        for leftover in Path(tmp_dir).iterdir():
+            leftover.unlink()
+        os.rmdir(tmp_dir)
+    return run_dir / EXPORT_SYMBOL, run_dir / EXPORT_PARAMS
+
+
+def load_exported(run_dir, ctx=None):
+    """The exported network of ``run_dir`` as a ``SymbolBlock`` (input ``data``).
+
+    No model code is needed: this is what evaluation and the model server use.
+    """
+    run_dir = Path(run_dir)
+    symbol_path, params_path = run_dir / EXPORT_SYMBOL, run_dir / EXPORT_PARAMS
+    for path in (symbol_path, params_path):
+        if not path.is_file():
+            raise FERError(f"{path} is missing: export the model first (ferlib.model.export_net)")
+    import warnings
+    with warnings.catch_warnings():
+        # SymbolBlock.imports warns about the (expected) missing input parameter.
+        warnings.simplefilter("ignore")
+        return nn.SymbolBlock.imports(str(symbol_path), ["data"], str(params_path), ctx=_contexts(ctx))
+
+
+def describe(net, input_size=INPUT_SIZE):
+    """Per-layer output shapes and parameter counts of ``net``, as text.
+
+    Runs one forward on a ``(1, 1, input_size, input_size)`` zero batch with
+    :meth:`mxnet.gluon.Block.summary` and returns its table (a hybridized net
+    is run imperatively for this and hybridized again afterwards).
+    The network must be initialised.
+    """
+    _check_input_size(input_size)
+    was_hybridized = getattr(net, "_active", False)
+    flags = dict(getattr(net, "_flags", []))
+    if was_hybridized:
+        net.hybridize(False)
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            net.summary(mx.nd.zeros((1, 1, input_size, input_size), ctx=_first_context(net)))
+    except RuntimeError as err:
+        if "not been initialized" in str(err) or "has not been initialized" in str(err):
+            raise FERError("describe(net) needs an initialised network: call net.initialize() first") from None
+        raise
+    finally:
+        if was_hybridized:
+            net.hybridize(True, **flags)
+    return buffer.getvalue()
+
+
+def num_parameters(net, trainable_only=False):
+    """Total number of values in the network's parameters (after initialisation).
+
+    ``trainable_only`` leaves out BatchNorm running statistics (``grad_req='null'``).
+    """
+    return sum(p.data().size for p in net.collect_params().values()
+               if not (trainable_only and p.grad_req == "null"))

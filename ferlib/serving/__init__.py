@@ -1,0 +1,47 @@
+"""Serving: the model archive, the Multi Model Server handler, the client.
+
+::
+
+    python -m ferlib package --run runs/NAME --out model_store/fer.mar
+    multi-model-server --start --model-store model_store --models fer=fer.mar --mms-config config.properties
+    python -m ferlib predict photo.jpg [--draw out.png]        # or --run runs/NAME, without a server
+    multi-model-server --stop
+
+* :mod:`.archive` -- :func:`package_run` builds the ``.mar`` (network, labels,
+  settings, handler and the ferlib code it needs);
+* :mod:`.handler` -- the MMS entry point and :class:`FacePredictor`, the same
+  logic without a server;
+* :mod:`.faces` -- face detection (OpenCV Haar cascade) and FER-style crops;
+* :mod:`.client` -- :func:`predict_url`, :func:`predict_local`, :func:`draw_faces`;
+* :mod:`.server` -- :class:`ModelServer`: start and stop a server from Python (notebook, tests, bench);
+* :mod:`.demo` -- :func:`~.demo.serve_demo`, the serving end of ``make demo``.
+"""
+from .archive import package_run, read_archive
+from .client import draw_faces, format_answer, predict_local, predict_url
+from .faces import FaceDetector
+from .handler import FacePredictor, RequestError, decode_image
+from .server import ModelServer
+
+__all__ = ["package_run", "read_archive", "FacePredictor", "FaceDetector", "RequestError", "decode_image",
+           "predict_url", "predict_local", "draw_faces", "format_answer", "ModelServer", "add_commands"]
+
+
+def _package_command(args):
+    package_run(args.run, args.out, version=args.version, model_name=args.model_name)
+    return 0
+
+
+def add_commands(subparsers):
+    """The ``package`` and ``predict`` verbs of ``python -m ferlib``."""
+    from . import client
+
+    p = subparsers.add_parser(
+        "package", help="build the model archive (.mar) of a training run for multi-model-server",
+        description="Package a run folder's exported network with its labels, serving settings, handler and "
+                    "the ferlib code the handler needs into a .mar that multi-model-server serves.")
+    p.add_argument("--run", required=True, help="training run folder (with model-symbol.json, model-0000.params)")
+    p.add_argument("--out", default="model_store/fer.mar", help="archive to write")
+    p.add_argument("--version", default="1.0", help="model version recorded in the manifest")
+    p.add_argument("--model-name", default=None, help="model name in the manifest (default: the file name)")
+    p.set_defaults(func=_package_command)
+    client.add_commands(subparsers)

@@ -1,0 +1,411 @@
+"""The model server's handler: photos in, every face with its emotions out.
+
+Multi Model Server (MMS 1.1) imports the archive's entry module and calls
+``handle(data, context)``: once with ``data=None`` when a worker starts
+(:func:`handle` then loads the network and every constant), then with a list
+of requests, one per HTTP request of an MMS batch. Each request is a dict of
+its inputs: the raw body under ``"body"``, or the fields of a multipart form,
+plus the query parameters.
+
+For each request the handler decodes the image (:func:`decode_image`), finds
+the faces (:mod:`.faces`), cuts each out as FER2013 frames its crops, and
+then all faces of all requests go through :func:`ferlib.transforms.preprocess`
+(the training code itself) and the network in one forward pass. The answer
+of each request is JSON::
+
+    {"faces": [{"box": [x, y, w, h], "emotion": "happiness",
+                "probabilities": {"neutral": 0.01, "happiness": 0.95, ...}}, ...],
+     "image_size": [width, height], "whole_image": false}
+
+faces largest first, ``[]`` when there is none. With the header
+``X-Whole-Image: 1``, a form field ``whole_image=1`` or the query parameter
+``whole_image=1`` (on ``/invocations?model_name=fer&whole_image=1``: MMS 1.1
+drops the query string of ``/predictions/fer``) the whole image is one face,
+for inputs that are already crops such as FER images. Bad input gets a
+4xx answer ``{"code": ..., "type": ..., "message": ...}`` for that request
+alone; the worker carries on.
+
+:class:`FacePredictor` is the same logic without a server (``python -m ferlib
+predict --run``, tests). This file is copied into the model archive with the
+ferlib modules it imports, so it must import nothing else from ferlib.
+"""
+import io
+import json
+import logging
+import os
+import time
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ..errors import FERError
+from ..labels import EMOTIONS
+from ..transforms import preprocess, to_grey_uint8
+from .faces import DEFAULT_DETECTOR, FER_IMAGE_SIZE, FaceDetector, clip_box, cut_face, fer_crop_box, whole_image_face
+
+import mxnet as mx  # noqa: E402  (the package __init__ has restored numpy's aliases)
+
+logger = logging.getLogger(__name__)
+
+#: Files of a model directory (a run folder or an unpacked archive).
+SYMBOL_FILE, PARAMS_FILE = "model-symbol.json", "model-0000.params"
+LABELS_FILE, SERVING_CONFIG_FILE = "labels.json", "serving.json"
+
+#: Request limits (stored in the archive's serving.json).
+DEFAULT_LIMITS = {
+    # Decoded pixels per image: a small file can claim a huge image (decompression bomb).
+    "max_pixels": 40_000_000,
+    # Faces per image; the largest are kept. Bounds the work of one request.
+    "max_faces": 32,
+}
+#: Pillow modes the handler reads, and how each becomes an array to_grey_uint8 takes.
+_MODE_CONVERSION = {
+    "L": None, "RGB": None, "RGBA": None,
+    "1": "L", "P": "RGBA", "PA": "RGBA", "LA": "L", "La": "L",
+    "RGBX": "RGB", "RGBa": "RGBA", "CMYK": "RGB", "YCbCr": "RGB",
+    "I;16": None, "I;16L": None, "I;16B": None, "I;16N": None, "I": None,
+}
+#: Values of the whole-image option that mean yes.
+_TRUE = ("1", "true", "yes", "on")
+#: Request fields that are options, never the image (MMS adds model_name on /invocations).
+OPTION_FIELDS = ("whole_image", "model_name")
+WHOLE_IMAGE_HEADER = "X-Whole-Image"
+
+
+class RequestError(FERError):
+    """Bad input in one request: answered with ``status`` and a JSON message."""
+
+    def __init__(self, message, status=400, kind="BadRequest"):
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+    def to_json(self):
+        return {"code": self.status, "type": self.kind, "message": str(self)}
+
+
+def decode_image(data, max_pixels=DEFAULT_LIMITS["max_pixels"]):
+    """Decode image bytes into an upright Pillow image in L, RGB, RGBA or 16/32-bit grey mode.
+
+    Honours the EXIF orientation. Raises :class:`RequestError` (400 empty or
+    truncated, 413 too many pixels, 415 not an image or an unsupported mode).
+    """
+    if isinstance(data, str):
+        raise RequestError("the request holds text, not image bytes: send the image file itself "
+                           "(Content-Type application/octet-stream or image/*)", 415, "UnsupportedMediaType")
+    if not isinstance(data, (bytes, bytearray)):
+        raise RequestError(f"the request holds {type(data).__name__} data, not image bytes", 415,
+                           "UnsupportedMediaType")
+    if len(data) == 0:
+        raise RequestError("empty request body: send an image (JPEG, PNG, BMP, GIF, WebP or TIFF)", 400,
+                           "EmptyBody")
+    try:
+        image = Image.open(io.BytesIO(bytes(data)))
+    except Image.DecompressionBombError as err:
+        raise RequestError(f"image too large: {err}", 413, "ImageTooLarge") from None
+    except UnidentifiedImageError:
+        raise RequestError(f"the {len(data)} bytes sent are not an image Pillow can read "
+                           "(JPEG, PNG, BMP, GIF, WebP, TIFF)", 415, "NotAnImage") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise RequestError(f"cannot read the image header: {err}", 400, "CorruptImage") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise RequestError(f"image of {width} x {height} = {width * height:,} pixels is larger than "
+                           f"the limit of {max_pixels:,}", 413, "ImageTooLarge")
+    if image.mode not in _MODE_CONVERSION:
+        raise RequestError(f"{image.format} image in mode {image.mode!r} is not supported; send 8/16-bit "
+                           "grey, RGB(A), palette or CMYK", 415, "UnsupportedMode")
+    # Some libraries (gluoncv.data, for one) switch on ImageFile.LOAD_TRUNCATED_IMAGES for the
+    # whole process, which would make a cut-off upload decode as a half-grey image.
+    accept_truncated, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        image.load()
+    except MemoryError:
+        raise
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... on broken data
+        raise RequestError(f"the {image.format} image is truncated or corrupt ({err})", 400,
+                           "CorruptImage") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = accept_truncated
+    try:
+        image = ImageOps.exif_transpose(image)
+    except MemoryError:
+        raise
+    except Exception:  # a malformed EXIF block: keep the stored orientation
+        logger.warning("ignoring unreadable EXIF orientation", exc_info=True)
+    target = _MODE_CONVERSION[image.mode]
+    if target == "RGBA" and image.mode == "P" and "transparency" not in image.info:
+        target = "RGB"
+    return image.convert(target) if target else image
+
+
+def to_grey(image):
+    """A decoded Pillow image as a 2-D uint8 array (through ferlib.transforms.to_grey_uint8)."""
+    array = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        array = array.astype(np.uint16)  # also turns big-endian I;16B native
+    elif image.mode == "I":  # 32-bit integer grey, in practice 16-bit data
+        array = (np.clip(array, 0, 65535) if array.max() > 255 else array * 257).astype(np.uint16)
+    return to_grey_uint8(array)
+
+
+def softmax(logits):
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def serving_settings(input_size, emotions=EMOTIONS, detector=None, limits=None):
+    """The settings a served model needs besides its weights (the archive's serving.json)."""
+    return {
+        "input_size": int(input_size),
+        "emotions": list(emotions),
+        "preprocessing": {
+            "function": "ferlib.transforms.preprocess",
+            "face_resolution": FER_IMAGE_SIZE,
+            "grey": "ferlib.transforms.to_grey_uint8",
+        },
+        "detector": {**DEFAULT_DETECTOR, **(detector or {})},
+        "limits": {**DEFAULT_LIMITS, **(limits or {})},
+    }
+
+
+def _contexts(gpu_id=None):
+    if gpu_id is not None and mx.context.num_gpus() > int(gpu_id):
+        return mx.gpu(int(gpu_id))
+    return mx.cpu()
+
+
+class FacePredictor:
+    """Find the faces in photos and predict their emotions; everything the server does but HTTP.
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        A folder with ``model-symbol.json``, ``model-0000.params``, ``labels.json``
+        and, in an archive, ``serving.json``; a training run folder works too
+        (its ``config.json`` gives the input size).
+    ctx : mx.Context, default cpu
+    settings : dict, optional
+        Overrides :func:`serving_settings` (``detector``, ``limits``...).
+    """
+
+    def __init__(self, model_dir, ctx=None, settings=None):
+        self.model_dir = str(model_dir)
+        self.ctx = ctx or mx.cpu()
+        self.settings = self._read_settings(settings)
+        self.input_size = self.settings["input_size"]
+        self.emotions = list(self.settings["emotions"])
+        self.limits = self.settings["limits"]
+        self.detector = FaceDetector(self.settings["detector"])
+        self.net = self._load_net()
+        # Bind the graph now, so that the first request does not pay for it.
+        self.forward(np.zeros((1, 1, self.input_size, self.input_size), np.float32))
+
+    def _path(self, name):
+        return os.path.join(self.model_dir, name)
+
+    def _read_json(self, name):
+        with open(self._path(name), encoding="utf-8") as f:
+            return json.load(f)
+
+    def _read_settings(self, overrides):
+        if os.path.isfile(self._path(SERVING_CONFIG_FILE)):
+            settings = self._read_json(SERVING_CONFIG_FILE)
+        elif os.path.isfile(self._path("config.json")):  # a training run folder
+            run = self._read_json("config.json")
+            settings = serving_settings(run["input_size"], run.get("emotions", EMOTIONS))
+        else:
+            raise FERError(f"{self.model_dir} has neither {SERVING_CONFIG_FILE} (a model archive) nor "
+                           "config.json (a training run folder)")
+        for key, value in (overrides or {}).items():
+            settings[key] = {**settings[key], **value} if isinstance(value, dict) else value
+        if os.path.isfile(self._path(LABELS_FILE)):
+            labels = self._read_json(LABELS_FILE)
+            if list(labels) != list(settings["emotions"]):
+                raise FERError(f"{self._path(LABELS_FILE)} lists {labels}, but the settings say "
+                               f"{settings['emotions']}")
+        return settings
+
+    def _load_net(self):
+        for name in (SYMBOL_FILE, PARAMS_FILE):
+            if not os.path.isfile(self._path(name)):
+                raise FERError(f"{self._path(name)} is missing: export the trained network first "
+                               "(training writes it; ferlib.model.export_net)")
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SymbolBlock warns about the input having no parameter
+            net = mx.gluon.nn.SymbolBlock.imports(self._path(SYMBOL_FILE), ["data"], self._path(PARAMS_FILE),
+                                                  ctx=self.ctx)
+        # Not static_alloc: batches come in every size, and static memory is planned
+        # again for each new shape (4-6x slower per call when sizes vary, measured).
+        net.hybridize()
+        return net
+
+    def forward(self, x):
+        """Probabilities (N, 8) of a preprocessed batch (N, 1, S, S)."""
+        logits = self.net(mx.nd.array(x, ctx=self.ctx, dtype=np.float32))
+        return softmax(logits.asnumpy().astype(np.float64))
+
+    def find_faces(self, grey, whole_image=False):
+        """``(boxes, crops)``: reported boxes (inside the image) and 48x48 FER-style crops."""
+        if whole_image:
+            height, width = grey.shape
+            return [[0, 0, width, height]], [whole_image_face(grey)]
+        found = self.detector.detect(grey)[: self.limits["max_faces"]]
+        framing = self.detector.settings["framing"]
+        boxes = [clip_box(box, grey.shape) for box in found]
+        crops = [cut_face(grey, fer_crop_box(box, framing)) for box in found]
+        return boxes, crops
+
+    def predict_grey(self, greys, whole_image=False):
+        """Results for a list of 2-D uint8 images, all faces in one forward pass.
+
+        ``whole_image`` is one flag or one per image. Returns a list of lists of
+        face dicts (box, emotion, probabilities), largest face first.
+        """
+        flags = whole_image if isinstance(whole_image, (list, tuple)) else [whole_image] * len(greys)
+        found = [self.find_faces(grey, flag) for grey, flag in zip(greys, flags)]
+        crops = [crop for _, image_crops in found for crop in image_crops]
+        probabilities = self.probabilities(crops)
+        results, start = [], 0
+        for boxes, _ in found:
+            faces = []
+            for box, p in zip(boxes, probabilities[start:start + len(boxes)]):
+                faces.append({
+                    "box": [int(v) for v in box],
+                    "emotion": self.emotions[int(np.argmax(p))],
+                    "probabilities": {name: round(float(v), 6) for name, v in zip(self.emotions, p)},
+                })
+            start += len(boxes)
+            results.append(faces)
+        return results
+
+    def network_input(self, crops):
+        """The network input (N, 1, S, S) of 48x48 uint8 face crops: ferlib.transforms.preprocess, as in training."""
+        return preprocess(np.stack(crops), size=self.input_size)
+
+    def probabilities(self, crops):
+        """(N, 8) probabilities of 48x48 uint8 face crops, in one forward pass."""
+        if not crops:
+            return np.zeros((0, len(self.emotions)))
+        return self.forward(self.network_input(crops))
+
+    def predict_bytes(self, payloads, whole_image=False):
+        """Answers for encoded images: a list of ``(status, body dict)``, one per payload.
+
+        Bad images get their 4xx answer; the good ones go through the network
+        together in one forward pass.
+        """
+        flags = whole_image if isinstance(whole_image, (list, tuple)) else [whole_image] * len(payloads)
+        answers = [None] * len(payloads)
+        greys, sizes, where = [], [], []
+        for i, payload in enumerate(payloads):
+            try:
+                if isinstance(payload, RequestError):
+                    raise payload
+                image = decode_image(payload, self.limits["max_pixels"])
+                greys.append(to_grey(image))
+                sizes.append(list(image.size))
+                where.append(i)
+            except RequestError as err:
+                answers[i] = (err.status, err.to_json())
+        results = self.predict_grey(greys, [flags[i] for i in where])
+        for i, faces, size in zip(where, results, sizes):
+            answers[i] = (200, {"faces": faces, "image_size": size, "whole_image": bool(flags[i])})
+        return answers
+
+
+# ---------------------------------------------------------------------------
+# MMS entry point
+
+def _is_true(value):
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", "replace")
+    return str(value).strip().lower() in _TRUE
+
+
+def _header(context, idx, name):
+    try:
+        headers = context.get_all_request_header(idx) or {}
+    except (AttributeError, IndexError, TypeError):
+        return None
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == name.lower() and not isinstance(value, dict):
+            return value
+    return None
+
+
+def parse_request(request, headers=None):
+    """``(payload, whole_image)`` of one MMS request dict; payload is a RequestError when unusable.
+
+    The image is the raw body (``"body"``) or, in a multipart form, the largest
+    field that is not an option. The whole-image option comes from the
+    ``X-Whole-Image`` header (``headers``), a form field or a query parameter
+    ``whole_image`` (MMS 1.1 passes query parameters to the handler on
+    ``/invocations?model_name=fer&whole_image=1``, not on ``/predictions/fer``).
+    """
+    whole_image = _is_true(request.get("whole_image", "")) or _is_true((headers or {}).get("whole_image", ""))
+    if "body" in request:
+        return request["body"], whole_image
+    fields = [value for name, value in request.items() if name not in OPTION_FIELDS]
+    images = [value for value in fields if isinstance(value, (bytes, bytearray)) and value]
+    if images:
+        return max(images, key=len), whole_image
+    if fields:
+        return fields[0], whole_image
+    return RequestError("no image in the request: send it as the body (Content-Type "
+                        "application/octet-stream or image/*) or as a multipart field", 400, "EmptyBody"), whole_image
+
+
+class FERService:
+    """The state of one MMS worker: the predictor, created once at start."""
+
+    def __init__(self):
+        self.predictor = None
+
+    def initialize(self, context):
+        properties = context.system_properties
+        self.predictor = FacePredictor(properties.get("model_dir"), ctx=_contexts(properties.get("gpu_id")))
+        logger.info("fer model loaded from %s: input %d, batch size %s", properties.get("model_dir"),
+                    self.predictor.input_size, properties.get("batch_size"))
+
+    def handle(self, data, context):
+        payloads, flags = [], []
+        for idx, request in enumerate(data):
+            header = _header(context, idx, WHOLE_IMAGE_HEADER)
+            payload, flag = parse_request(request or {}, {"whole_image": header} if header is not None else None)
+            payloads.append(payload)
+            flags.append(flag)
+        start = time.time()
+        try:
+            answers = self.predictor.predict_bytes(payloads, flags)
+        except MemoryError:
+            answers = [(507, {"code": 507, "type": "OutOfMemory", "message": "out of memory"})] * len(data)
+        except Exception as err:  # never let one batch take the worker down
+            logger.exception("prediction failed")
+            answers = [(500, {"code": 500, "type": "InternalServerError",
+                              "message": f"prediction failed: {type(err).__name__}: {err}"})] * len(data)
+        elapsed = (time.time() - start) * 1000.0
+        replies = []
+        for idx, (status, body) in enumerate(answers):
+            context.set_response_status(status, "OK" if status == 200 else body.get("type", "Error"), idx)
+            context.set_response_content_type(idx, "application/json")
+            replies.append(json.dumps(body))
+        metrics = getattr(context, "metrics", None)
+        if metrics is not None:
+            metrics.add_time("FERBatchTime", round(elapsed, 2))
+            metrics.add_counter("FERBatchRequests", len(data))
+            metrics.add_counter("FERBatchFaces", sum(len(b.get("faces", [])) for _, b in answers))
+        return replies
+
+
+_service = FERService()
+
+
+def handle(data, context):
+    """The MMS entry point (``--handler <module>:handle``)."""
+    if _service.predictor is None:
+        _service.initialize(context)
+    if data is None:  # MMS calls once with no data when the worker starts
+        return None
+    return _service.handle(data, context)

@@ -1,0 +1,837 @@
+"""Training: the FER+ networks on one or many GPUs (or the CPU), with checkpoints.
+
+:func:`train` runs the whole job and writes a run folder (``config.json``,
+``history.json`` / ``history.csv``, ``best.params``, ``checkpoint.*``, the
+exported ``model-symbol.json`` + ``model-0000.params`` and ``labels.json``)::
+
+    result = train("build/cache", "runs/vgg13-ce", mode="crossentropy", model="vgg13")
+    result["best_val_acc"], result["best_epoch"]
+
+The default is the FER+ paper's recipe (Barsoum et al. 2016): momentum SGD
+0.9, batch 32, learning rate 0.05, halved at epoch 20 and a tenth of it from
+epoch 40, 100 epochs, keeping the parameters of the best validation accuracy.
+
+How it works, d2l style:
+
+* data parallelism: every batch is cut into one slice per device with
+  :func:`mxnet.gluon.utils.split_and_load`; each device runs forward and
+  backward on its slice and a kvstore sums the gradients ('device' for
+  several GPUs, 'local' for several CPU contexts, 'dist_sync' between
+  machines launched with the DMLC environment variables);
+* the lr follows the schedule per batch (:func:`make_lr_schedule`), so a
+  resumed run continues on exactly the same curve;
+* randomness (initial weights, dropout, augmentation, shuffling, the
+  probability-mode label draws) comes from ``seed`` and the epoch number, so
+  a CPU run is repeatable and resuming gives the run that was interrupted.
+
+The command line is ``python -m ferlib train`` (:func:`add_commands`).
+"""
+import copy
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from . import data as fer_data
+from . import labels as fer_labels
+from . import losses as fer_losses
+from . import model as fer_model
+from . import utils
+from .errors import FERError
+from .labels import EMOTIONS
+from .transforms import INPUT_SIZE, preprocess
+
+import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
+from mxnet import autograd, gluon  # noqa: E402
+
+#: Learning-rate schedules of :func:`train`.
+SCHEDULES = ("ferplus", "cosine")
+#: The paper's schedule: x1 before the first epoch, x0.5 before the second, x0.1 after.
+FERPLUS_LR_STEPS = (20, 40)
+FERPLUS_LR_FACTORS = (1.0, 0.5, 0.1)
+#: The paper trains for up to 100 epochs.
+DEFAULT_NUM_EPOCHS = 100
+#: Columns of history.json / history.csv, one record per epoch.
+HISTORY_KEYS = ("epoch", "loss", "train_acc", "val_acc", "lr", "seconds", "images_per_sec")
+
+CONFIG_FILE, HISTORY_JSON, HISTORY_CSV = "config.json", "history.json", "history.csv"
+BEST_PARAMS, BEST_JSON, LABELS_FILE = fer_model.RUN_PARAMS, "best.json", "labels.json"
+CHECKPOINT_PARAMS, CHECKPOINT_STATES, CHECKPOINT_JSON = "checkpoint.params", "checkpoint.states", "checkpoint.json"
+#: Settings that must not change when a run is resumed (num_epochs may grow).
+RESUME_KEYS = ("model", "model_kwargs", "mode", "input_size", "batch_size", "lr", "schedule",
+               "warmup_epochs", "lr_steps", "wd", "momentum", "seed")
+
+
+# --------------------------------------------------------------------------- devices and kvstore
+
+
+def get_contexts(gpus=None):
+    """Contexts from ``gpus``: a ``--gpus`` string (see :func:`ferlib.utils.parse_devices`),
+    a Context, or a list of Contexts. ``None`` means all GPUs, else the CPU."""
+    if isinstance(gpus, mx.Context):
+        return [gpus]
+    if isinstance(gpus, (list, tuple)) and gpus and all(isinstance(c, mx.Context) for c in gpus):
+        return list(gpus)
+    return utils.parse_devices(gpus)
+
+
+def is_distributed_worker():
+    """True in a process launched as a worker of MXNet's distributed kvstore."""
+    return os.environ.get("DMLC_ROLE") == "worker"
+
+
+def make_kvstore(kvstore, ctx):
+    """The kvstore that sums gradients: a name for one machine, a KVStore object between machines.
+
+    ``None`` chooses: ``dist_sync`` in a DMLC worker process, ``device`` for
+    several GPUs (sums on the GPUs), ``local`` for several CPU contexts (sums
+    on the CPU), and no kvstore for one device.
+    """
+    if kvstore is None:
+        if is_distributed_worker():
+            kvstore = "dist_sync"
+        elif len(ctx) == 1:
+            return None
+        else:
+            kvstore = "device" if ctx[0].device_type == "gpu" else "local"
+    if isinstance(kvstore, str) and kvstore.startswith("dist"):
+        if not is_distributed_worker():
+            raise FERError(f"kvstore {kvstore!r} needs a distributed launch: set DMLC_ROLE=worker, "
+                           "DMLC_PS_ROOT_URI, DMLC_PS_ROOT_PORT, DMLC_NUM_SERVER and DMLC_NUM_WORKER "
+                           "(see the README) and start a scheduler and server(s) too")
+        return mx.kv.create(kvstore)
+    return kvstore
+
+
+# --------------------------------------------------------------------------- learning rate
+
+
+def ferplus_lr(lr, epoch, lr_steps=FERPLUS_LR_STEPS):
+    """The paper's step schedule: ``lr`` until ``lr_steps[0]``, half until ``lr_steps[1]``, a tenth after."""
+    first, second = lr_steps
+    factor = FERPLUS_LR_FACTORS[0] if epoch < first else FERPLUS_LR_FACTORS[1] if epoch < second \
+        else FERPLUS_LR_FACTORS[2]
+    return lr * factor
+
+
+def default_warmup_epochs(num_epochs):
+    """Warm-up of the cosine schedule: a tenth of the run, at most 5 epochs."""
+    return min(5, num_epochs // 10)
+
+
+def make_lr_schedule(schedule, lr, num_epochs, iters_per_epoch, warmup_epochs=None, lr_steps=FERPLUS_LR_STEPS):
+    """A function ``lr_at(num_update)`` giving the learning rate of batch ``num_update`` (0-based).
+
+    ``ferplus``: :func:`ferplus_lr` by epoch. ``cosine``: linear warm-up from 0
+    over ``warmup_epochs``, then :class:`mxnet.lr_scheduler.CosineScheduler`
+    down to 0 at the last batch.
+    """
+    check_schedule(schedule)
+    if schedule == "ferplus":
+        return lambda num_update: ferplus_lr(lr, num_update // iters_per_epoch, lr_steps)
+    warmup_epochs = default_warmup_epochs(num_epochs) if warmup_epochs is None else warmup_epochs
+    total = num_epochs * iters_per_epoch
+    warmup = min(warmup_epochs * iters_per_epoch, total - 1)
+    # MXNet's scheduler is a pure function of num_update (base_lr_orig), so
+    # calling it at any step, e.g. after a resume, gives the same value.
+    cosine = mx.lr_scheduler.CosineScheduler(max_update=max(total, 1), base_lr=lr, final_lr=0.0,
+                                             warmup_steps=warmup, warmup_begin_lr=0.0)
+    return lambda num_update: float(cosine(num_update))
+
+
+def check_schedule(schedule):
+    if schedule not in SCHEDULES:
+        raise FERError(f"unknown lr schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    return schedule
+
+
+# --------------------------------------------------------------------------- one batch, one evaluation
+
+
+def share_initial_weights(trainer):
+    """Give every device and every machine the first worker's weights now, and wait for them.
+
+    Gluon does this lazily inside the first ``trainer.step``, after the first
+    backward pass: the other workers then compute their first gradient on
+    their own random weights, and with ``dist_sync`` a worker's first
+    gradient push can overtake its own weight pull, which then fetches the
+    summed gradient instead of the weights (seen as one layer differing
+    between workers). Gluon has no public call for this step, hence the two
+    private ones.
+    """
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    mx.nd.waitall()
+
+
+def build_net(model, model_kwargs, ctx, seed=0):
+    """The initialised, hybridized network that :func:`train` starts from.
+
+    Same ``seed``, same weights. The first forward pass fixes the shapes the
+    layers left open (e.g. the first dense layer's input), so the parameters
+    exist on every device before the trainer and the kvstore see them.
+    """
+    kwargs = dict(model_kwargs or {})
+    net = fer_model.get_model(model, **kwargs)
+    _seed_everything(seed)
+    fer_model.initialize(net, ctx)
+    size = kwargs.get("input_size", INPUT_SIZE)
+    net(mx.nd.zeros((1, 1, size, size), ctx=ctx[0]))
+    net.hybridize(static_alloc=True)
+    return net
+
+
+def make_trainer(net, lr=0.05, momentum=0.9, wd=0.0, kvstore=None, amp=False):
+    """The momentum-SGD :class:`~mxnet.gluon.Trainer` of :func:`train`.
+
+    The kvstore only sums the gradients (``update_on_kvstore=False``): every
+    device, and every machine, then runs the same SGD update itself. That is
+    what lets :func:`train` set the learning rate batch by batch, also
+    between machines, and keeps the optimizer state in ``checkpoint.states``.
+    """
+    optimizer = mx.optimizer.SGD(learning_rate=lr, momentum=momentum, wd=wd, multi_precision=amp)
+    trainer = gluon.Trainer(net.collect_params(), optimizer, kvstore=kvstore,
+                            update_on_kvstore=False if kvstore is not None else None)
+    if amp:
+        from mxnet.contrib import amp as mx_amp
+        mx_amp.init_trainer(trainer)
+    return trainer
+
+
+def train_batch(net, trainer, loss_fn, data, target, ctx, step_size=None, amp=False):
+    """One SGD step on a batch split over the devices ``ctx``.
+
+    Parameters
+    ----------
+    net, trainer, loss_fn
+        The network, its :class:`mxnet.gluon.Trainer` and a per-sample loss.
+    data, target : NDArray (N, 1, S, S) and (N, 8)
+        The batch, on any device; ``split_and_load`` gives each device its slice.
+    ctx : list of Context
+    step_size : int, optional
+        Number of samples the summed gradient is divided by (default ``N``;
+        the global batch when several machines add their gradients).
+    amp : bool
+        Scale the loss for float16 training (:mod:`mxnet.contrib.amp`).
+
+    Returns
+    -------
+    loss_sum, correct : NDArray of shape (1,) on ``ctx[0]``
+        Summed loss and number of samples whose arg-max prediction is one of
+        the largest target classes; read them with ``.asscalar()`` only when
+        needed, so that the devices keep running ahead.
+    """
+    xs = gluon.utils.split_and_load(data, ctx, even_split=False)
+    ys = gluon.utils.split_and_load(target, ctx, even_split=False)
+    with autograd.record():
+        outputs = [net(x) for x in xs]
+        losses = [loss_fn(out, y) for out, y in zip(outputs, ys)]
+        if amp:
+            from mxnet.contrib import amp as mx_amp
+            with mx_amp.scale_loss(losses, trainer) as scaled:
+                autograd.backward(scaled)
+    if not amp:
+        autograd.backward(losses)
+    trainer.step(step_size or data.shape[0])
+    loss_sum = sum(loss.sum().as_in_context(ctx[0]) for loss in losses)
+    correct = sum(_num_correct(out, y).as_in_context(ctx[0]) for out, y in zip(outputs, ys))
+    return loss_sum, correct
+
+
+def _num_correct(logits, target):
+    """Samples whose predicted class has the largest target value (ties: any of them)."""
+    pred = logits.argmax(axis=1)
+    picked = mx.nd.pick(target, pred, axis=1)
+    return (picked >= target.max(axis=1)).sum()
+
+
+def predict_logits(net, inputs, ctx, batch_size=256):
+    """Logits of ``net`` for preprocessed inputs (numpy (N, 1, S, S)), as numpy (N, classes)."""
+    ctx = get_contexts(ctx)
+    outputs = []
+    for start in range(0, len(inputs), batch_size):
+        batch = mx.nd.array(inputs[start:start + batch_size], ctx=ctx[0])
+        # Fewer slices than devices when the last batch is smaller than the device count.
+        parts = gluon.utils.split_and_load(batch, ctx[:min(len(ctx), batch.shape[0])], even_split=False)
+        outputs.extend(net(x).asnumpy() for x in parts)
+    return np.concatenate(outputs) if outputs else np.zeros((0, fer_labels.NUM_CLASSES), np.float32)
+
+
+def evaluate_accuracy(net, inputs, labels, ctx, batch_size=256):
+    """Fraction of ``inputs`` whose arg-max logit equals ``labels`` (int (N,))."""
+    if len(inputs) == 0:
+        return float("nan")
+    return float((predict_logits(net, inputs, ctx, batch_size).argmax(axis=1) == np.asarray(labels)).mean())
+
+
+def split_inputs(data, split, input_size=INPUT_SIZE, mode="majority", chunk=2048):
+    """Preprocessed inputs and labels of a split for evaluation (no augmentation).
+
+    Returns ``(inputs float32 (N, 1, S, S), labels int64 (N,))`` for the rows
+    the scheme keeps; the label is the arg-max of its target (majority: the
+    majority emotion, the paper's test protocol).
+    """
+    rows = data.split_indices(split)
+    targets, keep = fer_labels.make_targets(data.votes[rows], mode)
+    rows = rows[keep]
+    inputs = np.empty((len(rows), 1, input_size, input_size), np.float32)
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        inputs[start:start + len(part)] = preprocess(data.images[part], data.boxes[part], input_size)
+    return inputs, targets[keep].argmax(axis=1)
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_file(path):
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(run_dir, net, trainer, info):
+    """Write ``checkpoint.params``, ``checkpoint.states`` and then ``checkpoint.json``.
+
+    Both binary files are first written completely to temporary files; only
+    then are they moved into place, and ``checkpoint.json`` (with their
+    SHA-256) last. An error or a kill while writing leaves the previous
+    checkpoint as it was; :func:`load_checkpoint` checks the hashes.
+    """
+    run_dir = Path(run_dir)
+    staged = {}
+    try:
+        for name, save in ((CHECKPOINT_PARAMS, net.save_parameters), (CHECKPOINT_STATES, trainer.save_states)):
+            fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{name}.", suffix=".tmp")
+            os.close(fd)
+            staged[name] = tmp
+            save(tmp)
+            _fsync_file(tmp)
+        hashes = {name: _sha256(tmp) for name, tmp in staged.items()}
+        for name, tmp in staged.items():
+            os.replace(tmp, run_dir / name)
+        staged = {}
+    finally:
+        for tmp in staged.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    utils.atomic_write_json(run_dir / CHECKPOINT_JSON, {**info, "sha256": hashes})
+
+
+def load_checkpoint(run_dir):
+    """``checkpoint.json`` of ``run_dir`` after checking the two files it describes, or None."""
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT_JSON
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        hashes = info["sha256"]
+        int(info["epoch"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise FERError(f"{path} is damaged ({e}); start the run again without --resume") from None
+    for name in (CHECKPOINT_PARAMS, CHECKPOINT_STATES):
+        file = run_dir / name
+        if not file.is_file() or _sha256(file) != hashes.get(name):
+            raise FERError(f"{file} does not match {path} (the checkpoint write was interrupted between its "
+                           "files); start the run again without --resume")
+    return info
+
+
+def write_history(run_dir, history):
+    """``history.json`` (list of records) and ``history.csv`` (same columns), atomically."""
+    run_dir = Path(run_dir)
+    utils.atomic_write_json(run_dir / HISTORY_JSON, history)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(HISTORY_KEYS), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    utils.atomic_write_bytes(run_dir / HISTORY_CSV, buffer.getvalue().encode("utf-8"))
+
+
+def read_history(run_dir):
+    """The per-epoch records of a run folder (``history.json``)."""
+    path = Path(run_dir) / HISTORY_JSON
+    if not path.is_file():
+        raise FERError(f"{path} is missing: {Path(run_dir)} is not a training run folder")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _run_exists(run_dir):
+    return any((run_dir / name).exists() for name in (CONFIG_FILE, CHECKPOINT_JSON, HISTORY_JSON))
+
+
+def _clear_run(run_dir):
+    names = (CONFIG_FILE, HISTORY_JSON, HISTORY_CSV, BEST_PARAMS, BEST_JSON, LABELS_FILE, CHECKPOINT_PARAMS,
+             CHECKPOINT_STATES, CHECKPOINT_JSON, fer_model.EXPORT_SYMBOL, fer_model.EXPORT_PARAMS)
+    for name in names:
+        if (run_dir / name).exists():
+            (run_dir / name).unlink()
+
+
+# --------------------------------------------------------------------------- live plot
+
+
+def in_notebook():
+    """True inside a Jupyter / Colab kernel (where figures can be redrawn in place)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and ("IPKernelApp" in getattr(shell, "config", {})
+                                  or type(shell).__name__ in ("ZMQInteractiveShell", "Shell"))
+
+
+class LivePlot:
+    """A live plot of loss and accuracy per epoch, to pass as ``train(..., callback=LivePlot())``.
+
+    In the style of d2l's ``Animator``: in a notebook one figure (loss on the
+    left, train and validation accuracy on the right) is redrawn in place
+    after every epoch; elsewhere (a script, the tests) each epoch is printed
+    as one line instead, or nothing with ``quiet=True``.
+
+    Parameters
+    ----------
+    title : str, optional
+    figsize : (float, float)
+    quiet : bool
+        Outside a notebook, print nothing.
+
+    Attributes
+    ----------
+    history : list of dict
+        The records received so far; :meth:`save` writes the figure to a file.
+    """
+
+    def __init__(self, title=None, figsize=(9, 3.2), quiet=False):
+        self.title, self.figsize, self.quiet = title, figsize, quiet
+        self.history = []
+        self._notebook = in_notebook()
+        self._handle = None
+        self._fig = None
+
+    def __call__(self, record):
+        self.history.append(dict(record))
+        if self._notebook:
+            self._draw()
+            from IPython.display import display
+            if self._handle is None:
+                self._handle = display(self._fig, display_id=True)
+            else:
+                self._handle.update(self._fig)
+        elif not self.quiet:
+            print(format_record(record), flush=True)
+
+    def figure(self):
+        """The matplotlib figure of the history so far."""
+        self._draw()
+        return self._fig
+
+    def _draw(self):
+        import matplotlib.pyplot as plt
+        if self._fig is None:
+            self._fig, self._axes = plt.subplots(1, 2, figsize=self.figsize)
+            plt.close(self._fig)  # drawn through display() only, not again at the end of the cell
+        epochs = [r["epoch"] for r in self.history]
+        loss_ax, acc_ax = self._axes
+        loss_ax.clear()
+        acc_ax.clear()
+        loss_ax.plot(epochs, [r["loss"] for r in self.history], "o-", label="train loss")
+        loss_ax.set_xlabel("epoch")
+        loss_ax.set_ylabel("loss")
+        loss_ax.legend()
+        acc_ax.plot(epochs, [r["train_acc"] for r in self.history], "o-", label="train acc")
+        acc_ax.plot(epochs, [r["val_acc"] for r in self.history], "s--", label="val acc")
+        acc_ax.set_xlabel("epoch")
+        acc_ax.set_ylabel("accuracy")
+        acc_ax.set_ylim(0, 1)
+        acc_ax.legend()
+        for ax in self._axes:
+            ax.grid(True, alpha=0.3)
+        if self.title:
+            self._fig.suptitle(self.title)
+        self._fig.tight_layout()
+
+    def save(self, path):
+        """Write the figure (PNG, PDF, ... by the suffix of ``path``)."""
+        self.figure().savefig(path, dpi=100)
+        return Path(path)
+
+
+def format_record(record):
+    """One line for an epoch record."""
+    return (f"epoch {record['epoch']}: loss {record['loss']:.4f}, train acc {record['train_acc']:.3f}, "
+            f"val acc {record['val_acc']:.3f}, lr {record['lr']:.4g}, {record['seconds']:.1f} s, "
+            f"{record['images_per_sec']:.0f} images/s")
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def _shard(dataset, rank, num_parts):
+    """Worker ``rank``'s equal share of a training set (every ``num_parts``-th item).
+
+    Equal sizes matter: with ``dist_sync`` every worker must make the same
+    number of steps, or the one with more waits forever for the others.
+    """
+    if num_parts == 1:
+        return dataset
+    share = len(dataset) // num_parts
+    if share == 0:
+        raise FERError(f"the training split has {len(dataset)} faces, fewer than the {num_parts} workers")
+    keep = np.arange(rank, share * num_parts, num_parts)
+    part = copy.copy(dataset)
+    part.rows, part.targets = dataset.rows[keep], dataset.targets[keep]
+    part.images, part.boxes = dataset.images[keep], dataset.boxes[keep]
+    return part
+
+
+def _check_positive(name, value, kind=int):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        raise FERError(f"{name} must be a positive {'whole number' if kind is int else 'number'}, got {value!r}")
+    return kind(value)
+
+
+def _load_data(data):
+    if isinstance(data, fer_data.FERPlusData):
+        return data, data.source.get("cache") or "FERPlusData in memory"
+    path = Path(data)
+    if not path.exists():
+        raise FERError(f"data folder {path} does not exist; prepare one with: "
+                       "python -m ferlib prepare --fer fer2013.csv --ferplus fer2013new.csv --out DIR")
+    return fer_data.load_cache(path), str(path)
+
+
+def _seed_everything(seed):
+    mx.random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+
+
+def _epoch_seed(seed, epoch):
+    # Dropout of epoch e always draws from the same stream, resumed or not.
+    return (seed * 100003 + epoch * 7919 + 1) % (2 ** 31)
+
+
+def train(data, out_dir, mode="crossentropy", model="vgg13", model_kwargs=None, num_epochs=DEFAULT_NUM_EPOCHS,
+          batch_size=32, lr=0.05, schedule="ferplus", wd=0.0, momentum=0.9, gpus=None, input_size=INPUT_SIZE,
+          seed=0, num_workers=0, resume=False, amp=False, progress=True, callback=None, warmup_epochs=None,
+          lr_steps=FERPLUS_LR_STEPS, kvstore=None, overwrite=False):
+    """Train a FER+ network and write its run folder.
+
+    Parameters
+    ----------
+    data : str, Path or FERPlusData
+        A cache folder written by :func:`ferlib.data.prepare`, or the data itself.
+    out_dir : str or Path
+        The run folder (created). A folder that already holds a run is only
+        continued (``resume=True``) or replaced (``overwrite=True``).
+    mode : str
+        Label scheme of the training loss (:data:`ferlib.MODES`). Validation
+        always uses the majority label (the paper's protocol).
+    model : str
+        A name of :func:`ferlib.model.get_model`; ``model_kwargs`` are its options
+        (e.g. ``{"width": 0.25}``).
+    num_epochs, batch_size, lr, momentum, wd
+        SGD settings; the defaults are the paper's (100, 32, 0.05, 0.9, 0).
+        ``batch_size`` is per machine and split over its devices.
+    schedule : {"ferplus", "cosine"}
+        ``ferplus``: x1, x0.5 from ``lr_steps[0]``, x0.1 from ``lr_steps[1]``.
+        ``cosine``: linear warm-up over ``warmup_epochs`` then cosine to 0.
+    gpus : str, Context or list of Context, optional
+        ``"0,1"``, ``"cpu"``, ``"cpu:2"``...; ``None``: all GPUs, else the CPU.
+    input_size : int
+        Side of the network input (64 in the paper; 48 is faster).
+    seed : int
+        Seeds weights, dropout, augmentation and order: CPU runs repeat exactly.
+    num_workers : int
+        Processes of the data loader (0: in this process).
+    resume : bool
+        Continue from ``checkpoint.*`` with the same schedule, history and data
+        order (starts from scratch when there is no checkpoint yet).
+    amp : bool
+        Mixed precision (float16) with :mod:`mxnet.contrib.amp`; GPU only.
+    progress : bool
+        Show the devices and a tqdm bar (loss, accuracy, images/s) per epoch.
+    callback : callable, optional
+        Called with each epoch's history record, e.g. :class:`LivePlot`. When it
+        returns True, training stops after that epoch (early stopping).
+    kvstore : str, optional
+        Override the gradient-summing kvstore (default: see :func:`make_kvstore`).
+
+    Returns
+    -------
+    dict
+        ``run_dir``, ``history``, ``best_epoch``, ``best_val_acc``, ``devices``,
+        ``config`` and ``stopped_early``.
+
+    Raises
+    ------
+    FERError
+        For a folder that is not a prepared cache, an unknown mode, model or
+        schedule, a GPU that does not exist, ``amp`` on CPU, or a run folder
+        that is in use.
+    """
+    # ---- check the request before any heavy work
+    fer_labels.check_mode(mode)
+    check_schedule(schedule)
+    if model not in fer_model.list_models():
+        raise FERError(f"unknown model {model!r}; choose one of: {', '.join(fer_model.list_models())}")
+    num_epochs = _check_positive("num_epochs", num_epochs)
+    batch_size = _check_positive("batch_size", batch_size)
+    lr = _check_positive("lr", lr, float)
+    input_size = _check_positive("input_size", input_size)
+    lr_steps = tuple(int(s) for s in lr_steps)
+    if len(lr_steps) != 2 or not 0 < lr_steps[0] <= lr_steps[1]:
+        raise FERError(f"lr_steps must be two epochs, first <= second, got {lr_steps!r}")
+    if warmup_epochs is None:
+        warmup_epochs = default_warmup_epochs(num_epochs) if schedule == "cosine" else 0
+    ctx = get_contexts(gpus)
+    if amp and any(c.device_type != "gpu" for c in ctx):
+        raise FERError("mixed precision (amp) needs GPUs: float16 training is not supported on CPU; "
+                       "drop --amp or choose GPUs with --gpus")
+    if batch_size < len(ctx):
+        raise FERError(f"batch_size {batch_size} is smaller than the {len(ctx)} devices it is split over")
+    model_kwargs = dict(model_kwargs or {})
+    model_kwargs.setdefault("input_size", input_size)
+    if model_kwargs["input_size"] != input_size:
+        raise FERError(f"model_kwargs input_size {model_kwargs['input_size']} differs from input_size {input_size}")
+    data, data_name = _load_data(data)
+    if amp:
+        from mxnet.contrib import amp as mx_amp
+        mx_amp.init()  # before the network is built, as AMP requires
+    # Built before anything is written: a wrong model option fails with the list of valid ones.
+    net = build_net(model, model_kwargs, ctx, seed)
+
+    # ---- devices, machines and the run folder of this process
+    kv = make_kvstore(kvstore, ctx)
+    rank, num_machines = (kv.rank, kv.num_workers) if isinstance(kv, mx.kv.KVStore) else (0, 1)
+    out_dir = Path(out_dir)
+    run_dir = out_dir if rank == 0 else out_dir / "workers" / str(rank)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = load_checkpoint(run_dir) if resume else None
+    if _run_exists(run_dir) and checkpoint is None:
+        if overwrite or resume:  # resume of a run that never finished an epoch: start it again
+            if resume and progress:
+                print(f"{run_dir} has no checkpoint yet: starting the run from epoch 1", flush=True)
+            _clear_run(run_dir)
+        else:
+            raise FERError(f"{run_dir} already holds a training run; continue it with --resume, "
+                           "replace it with --overwrite, or choose another --out")
+
+    config = {
+        "model": model, "model_kwargs": model_kwargs, "mode": mode, "input_size": input_size,
+        "emotions": list(EMOTIONS), "num_epochs": num_epochs, "batch_size": batch_size, "lr": lr,
+        "schedule": schedule, "warmup_epochs": warmup_epochs, "lr_steps": list(lr_steps), "wd": wd,
+        "momentum": momentum, "seed": seed, "devices": [str(c) for c in ctx], "data": data_name,
+        "kvstore": kv.type if isinstance(kv, mx.kv.KVStore) else kv, "workers": num_machines,
+        "ferlib_version": __version__,
+    }
+    if checkpoint is not None:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise FERError(f"{run_dir / CONFIG_FILE} is missing: cannot check the settings of the run to resume")
+        old = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        changed = [k for k in RESUME_KEYS if old.get(k) != config[k]]
+        if changed:
+            raise FERError(f"cannot resume {run_dir} with different settings: "
+                           + ", ".join(f"{k} {old.get(k)!r} -> {config[k]!r}" for k in changed))
+    utils.atomic_write_json(run_dir / CONFIG_FILE, config)
+    utils.atomic_write_json(run_dir / LABELS_FILE, list(EMOTIONS))
+
+    # ---- data: this machine's shard of train, all of val (majority labels)
+    train_set = fer_data.FERPlusDataset(data, "train", mode, size=input_size, seed=seed)
+    if len(train_set) < batch_size * num_machines:
+        raise FERError(f"the training split has {len(train_set)} faces in mode {mode!r}, "
+                       f"fewer than one batch of {batch_size}" + (f" per worker ({num_machines})"
+                                                                 if num_machines > 1 else ""))
+    train_set = _shard(train_set, rank, num_machines)
+    val_inputs, val_labels = split_inputs(data, "val", input_size)
+    if len(val_labels) == 0:
+        raise FERError("the validation split (PublicTest rows) has no faces with a majority label")
+    iters_per_epoch = len(train_set) // batch_size  # the last partial batch is dropped
+    lr_at = make_lr_schedule(schedule, lr, num_epochs, iters_per_epoch, warmup_epochs, lr_steps)
+
+    # ---- trainer (the network was built above)
+    trainer = make_trainer(net, lr, momentum, wd, kv, amp)
+    loss_fn = fer_losses.get_loss(mode)
+
+    history, best_epoch, best_val_acc, start_epoch = [], 0, -1.0, 0
+    if checkpoint is not None:
+        net.load_parameters(str(run_dir / CHECKPOINT_PARAMS), ctx=ctx)
+        trainer.load_states(str(run_dir / CHECKPOINT_STATES))
+        start_epoch = int(checkpoint["epoch"])
+        history = read_history(run_dir)[:start_epoch]
+        best_epoch, best_val_acc = int(checkpoint["best_epoch"]), float(checkpoint["best_val_acc"])
+    share_initial_weights(trainer)
+
+    if progress:
+        where = utils.describe_devices(ctx)
+        if ctx[0].device_type == "cpu" and utils.num_gpus() == 0 and gpus in (None, "", "auto"):
+            where += " (no GPU found)"
+        machine = f", worker {rank + 1} of {num_machines} ({config['kvstore']})" if num_machines > 1 else ""
+        print(f"training {model} ({mode}) on {where}{machine}: {len(train_set)} training faces, "
+              f"{len(val_labels)} validation faces, epochs {start_epoch + 1}..{num_epochs}"
+              + (f" (resumed after epoch {start_epoch})" if start_epoch else ""), flush=True)
+
+    loader_seed = seed + 1000003 * rank  # machines shuffle their shards differently
+    train_iter = fer_data.make_loader(train_set, batch_size, shuffle=True, num_workers=num_workers,
+                                      last_batch="discard", seed=loader_seed, start_epoch=start_epoch)
+    stopped_early = False
+    for epoch in range(start_epoch, num_epochs):
+        mx.random.seed(_epoch_seed(seed, epoch))
+        record = _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, num_epochs, iters_per_epoch,
+                              lr_at, batch_size * num_machines, amp, progress)
+        record["val_acc"] = evaluate_accuracy(net, val_inputs, val_labels, ctx)
+        record["seconds"] = time.time() - record.pop("_start")
+        record = {key: record[key] for key in HISTORY_KEYS}
+        history.append(record)
+        if record["val_acc"] > best_val_acc:
+            best_epoch, best_val_acc = record["epoch"], record["val_acc"]
+            utils.atomic_save(run_dir / BEST_PARAMS, net.save_parameters)
+            utils.atomic_write_json(run_dir / BEST_JSON, {"epoch": best_epoch, "val_acc": best_val_acc})
+        write_history(run_dir, history)
+        save_checkpoint(run_dir, net, trainer, {"epoch": epoch + 1, "best_epoch": best_epoch,
+                                                "best_val_acc": best_val_acc})
+        if progress:
+            print(format_record(record) + (" *" if best_epoch == record["epoch"] else ""), flush=True)
+        if callback is not None and callback(record) is True:
+            stopped_early = epoch + 1 < num_epochs
+            break
+
+    # ---- export the best network for serving
+    if (run_dir / BEST_PARAMS).is_file():
+        net.load_parameters(str(run_dir / BEST_PARAMS), ctx=ctx)
+        fer_model.export_net(net, run_dir, input_size)
+    if progress:
+        print(f"best validation accuracy {best_val_acc:.4f} at epoch {best_epoch}; run folder {run_dir}", flush=True)
+    return {"run_dir": str(run_dir), "history": history, "best_epoch": best_epoch, "best_val_acc": best_val_acc,
+            "devices": [str(c) for c in ctx], "config": config, "stopped_early": stopped_early}
+
+
+def _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, num_epochs, iters_per_epoch, lr_at,
+                 step_size, amp, progress):
+    """One pass over ``train_iter``; returns the partial history record (without val_acc)."""
+    from tqdm.auto import tqdm
+
+    start = time.time()
+    num_update = epoch * iters_per_epoch
+    first_lr = lr_at(num_update)
+    loss_sum = correct = None
+    seen = 0
+    with tqdm(total=iters_per_epoch, desc=f"epoch {epoch + 1}/{num_epochs}", unit="batch", leave=False,
+              disable=not progress, dynamic_ncols=True) as bar:
+        for i, (x, y) in enumerate(train_iter):
+            trainer.set_learning_rate(lr_at(num_update + i))
+            batch_loss, batch_correct = train_batch(net, trainer, loss_fn, x, y, ctx, step_size, amp)
+            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+            correct = batch_correct if correct is None else correct + batch_correct
+            seen += x.shape[0]
+            bar.update()
+            if progress and (i % 10 == 9 or i + 1 == iters_per_epoch):
+                # Reading the numbers waits for the devices; every 10 batches is enough.
+                bar.set_postfix(loss=f"{loss_sum.asscalar() / seen:.4f}",
+                                images_per_s=f"{seen / (time.time() - start):.0f}")
+    if seen == 0:
+        raise FERError("the training loader gave no full batch")
+    loss_value, correct_value = loss_sum.asscalar(), correct.asscalar()  # waits for the last batch
+    seconds = time.time() - start
+    return {"epoch": epoch + 1, "loss": float(loss_value / seen), "train_acc": float(correct_value / seen),
+            "lr": float(first_lr), "images_per_sec": float(seen / seconds), "_start": start}
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_commands(subparsers):
+    """Add the ``train`` verb to the ``python -m ferlib`` parser."""
+    import argparse
+
+    p = subparsers.add_parser(
+        "train", help="train a network on a prepared cache (one or many GPUs, or the CPU)",
+        description="Train a FER+ network and write its run folder (config, history, best and exported "
+                    "weights, checkpoints). Defaults: the FER+ paper's recipe for vgg13. Several machines: "
+                    "run the same command with the DMLC_* variables set (see the README).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="folder of a prepared cache (python -m ferlib prepare)")
+    p.add_argument("--out", required=True, help="run folder, e.g. runs/vgg13-crossentropy")
+    p.add_argument("--mode", default="crossentropy", help=f"label scheme: {', '.join(fer_labels.MODES)}")
+    p.add_argument("--model", default="vgg13", help=f"network: {', '.join(fer_model.list_models())}")
+    p.add_argument("--width", type=float, default=None, help="channel multiplier of the vgg13 models")
+    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm after each convolution (vgg13 models; default: the model's)")
+    p.add_argument("--conv-dropout", type=float, default=None,
+                   help="dropout after each pooling (vgg13 models; default 0.25, the paper's)")
+    p.add_argument("--dense-dropout", type=float, default=None,
+                   help="dropout after each hidden dense layer (vgg13 models; default 0.5, the paper's)")
+    p.add_argument("--pretrained", action="store_true", help="GluonCV backbones: start from ImageNet weights")
+    p.add_argument("--epochs", type=int, default=DEFAULT_NUM_EPOCHS, help="number of epochs")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size per machine, split over its devices")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate")
+    p.add_argument("--schedule", default="ferplus", choices=SCHEDULES,
+                   help="ferplus: x0.5 and x0.1 at --lr-steps; cosine: warm-up then cosine to 0")
+    p.add_argument("--lr-steps", default="20,40", help="the two epochs of the ferplus schedule")
+    p.add_argument("--warmup-epochs", type=int, default=None, help="cosine warm-up (default: 10%%, at most 5)")
+    p.add_argument("--wd", type=float, default=0.0, help="weight decay")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--gpus", default=None,
+                   help="GPU ids such as 0,1; 'cpu'; 'cpu:N' for N CPU contexts; default: all GPUs, else CPU")
+    p.add_argument("--input-size", type=int, default=INPUT_SIZE, help="network input side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="random seed (CPU runs repeat exactly)")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--kvstore", default=None, help="override the kvstore (local, device, dist_sync, ...)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--amp", action="store_true", help="mixed precision float16 (GPU only)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_command)
+
+
+def _train_command(args):
+    model_kwargs = {}
+    if args.width is not None:
+        model_kwargs["width"] = args.width
+    if args.batch_norm is not None:
+        model_kwargs["batch_norm"] = args.batch_norm
+    for option in ("conv_dropout", "dense_dropout"):
+        if getattr(args, option) is not None:
+            model_kwargs[option] = getattr(args, option)
+    if args.pretrained:
+        model_kwargs["pretrained"] = True
+    try:
+        lr_steps = tuple(int(s) for s in args.lr_steps.split(","))
+    except ValueError:
+        raise FERError(f"--lr-steps {args.lr_steps!r}: give two epochs such as 20,40") from None
+    ctx = get_contexts(args.gpus)
+    gpus_found = utils.num_gpus()
+    print(f"devices: {utils.describe_devices(ctx)}"
+          + ("" if gpus_found or args.gpus not in (None, "", "auto") else " (no GPU found, using the CPU)"),
+          flush=True)
+    result = train(args.data, args.out, mode=args.mode, model=args.model, model_kwargs=model_kwargs,
+                   num_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+                   wd=args.wd, momentum=args.momentum, gpus=ctx, input_size=args.input_size, seed=args.seed,
+                   num_workers=args.workers, resume=args.resume, amp=args.amp, progress=not args.quiet,
+                   warmup_epochs=args.warmup_epochs, lr_steps=lr_steps, kvstore=args.kvstore,
+                   overwrite=args.overwrite)
+    print(f"best validation accuracy {result['best_val_acc']:.4f} (epoch {result['best_epoch']}); "
+          f"run folder: {result['run_dir']}")
+    return 0

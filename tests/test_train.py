@@ -1,0 +1,320 @@
+"""ferlib.train: the training loop, its run folder, resume, devices and errors.
+
+The fast tests train a tiny VGG13 (1/8 of the channels, 32x32 input) on the
+session's small synthetic set for one or two epochs; the slow one shows that a
+small variant really learns the synthetic set.
+"""
+import json
+import time
+
+import numpy as np
+import pytest
+
+import ferlib
+from ferlib import EMOTIONS, FERError
+from ferlib import cli
+from ferlib import data as fer_data
+from ferlib import model as fer_model
+from ferlib import train as fer_train
+
+import mxnet as mx  # noqa: E402  (after ferlib)
+
+TINY = dict(model="vgg13", model_kwargs={"width": 0.125, "batch_norm": True}, input_size=32, batch_size=32,
+            lr=0.01, gpus="cpu", progress=False)
+
+
+def _params(path):
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_two_cpu_contexts_give_the_loss_and_update_of_one():
+    """Data parallelism: the batch split over cpu(0), cpu(1) and summed by a kvstore
+    gives the same loss and the same new weights as the whole batch on one device."""
+    kwargs = {"width": 0.125, "batch_norm": False, "conv_dropout": 0.0, "dense_dropout": 0.0, "input_size": 32}
+    rng = np.random.default_rng(0)
+    x = mx.nd.array(rng.normal(size=(16, 1, 32, 32)).astype(np.float32))
+    y = mx.nd.array(rng.dirichlet(np.ones(8), size=16).astype(np.float32))
+    loss_fn = ferlib.losses.get_loss("crossentropy")
+    results = []
+    for ctx in ([mx.cpu(0)], [mx.cpu(0), mx.cpu(1)]):
+        net = fer_train.build_net("vgg13", kwargs, ctx, seed=3)
+        trainer = fer_train.make_trainer(net, lr=0.1, momentum=0.9, kvstore=fer_train.make_kvstore(None, ctx))
+        loss, correct = fer_train.train_batch(net, trainer, loss_fn, x, y, ctx)
+        # Structural order: the two networks' parameter names differ by their prefix only.
+        params = [[d.asnumpy() for d in p.list_data()] for p in net.collect_params().values()]
+        initial = fer_train.build_net("vgg13", kwargs, [mx.cpu(0)], seed=3)
+        start = [p.data().asnumpy() for p in initial.collect_params().values()]
+        results.append((loss.asscalar(), correct.asscalar(), params, start))
+    (loss1, correct1, params1, start1), (loss2, correct2, params2, start2) = results
+    assert fer_train.make_kvstore(None, [mx.cpu(0), mx.cpu(1)]) == "local"
+    assert loss2 == pytest.approx(loss1, rel=1e-5)
+    assert correct2 == correct1
+    for a, b in zip(start1, start2):
+        np.testing.assert_array_equal(a, b)  # same seed, same starting weights
+    moved = 0
+    for (single,), (first, second), before in zip(params1, params2, start1):
+        np.testing.assert_allclose(first, single, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(first, second)  # both devices hold the same weights
+        moved += not np.allclose(single, before)
+    assert moved == len(params1)  # the step changed every parameter
+
+
+def test_parse_devices_and_amp_refusals(synthetic_cache, tmp_path):
+    with pytest.raises(FERError, match="GPU 7 does not exist"):
+        fer_train.train(synthetic_cache, tmp_path / "run", **{**TINY, "gpus": "7"})
+    with pytest.raises(FERError, match="amp.*GPU"):
+        fer_train.train(synthetic_cache, tmp_path / "run", amp=True, **TINY)
+    assert fer_train.get_contexts("cpu:2") == [mx.cpu(0), mx.cpu(1)]
+    assert fer_train.get_contexts(mx.cpu()) == [mx.cpu()]
+
+
+# --------------------------------------------------------------------------- the run folder
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(synthetic_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    started = time.time()
+    result = fer_train.train(synthetic_cache, out, mode="crossentropy", num_epochs=1, **TINY)
+    return out, result, time.time() - started
+
+
+def test_run_folder_follows_the_contract(one_epoch_run, synthetic_cache):
+    out, result, _ = one_epoch_run
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "history.json", "history.csv", "best.params", "best.json", "checkpoint.params",
+            "checkpoint.states", "checkpoint.json", "model-symbol.json", "model-0000.params",
+            "labels.json"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    config = json.loads((out / "config.json").read_text())
+    for key in ("model", "model_kwargs", "mode", "input_size", "emotions", "num_epochs", "batch_size", "lr",
+                "schedule", "wd", "momentum", "seed", "devices", "data", "ferlib_version"):
+        assert key in config, key
+    assert config["emotions"] == list(EMOTIONS) == json.loads((out / "labels.json").read_text())
+    assert config["devices"] == ["cpu(0)"] and config["input_size"] == 32
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 1 and set(history[0]) == set(fer_train.HISTORY_KEYS)
+    record = history[0]
+    assert record["epoch"] == 1 and record["lr"] == pytest.approx(0.01)
+    assert 0 <= record["train_acc"] <= 1 and 0 <= record["val_acc"] <= 1
+    assert record["loss"] > 0 and record["seconds"] > 0 and record["images_per_sec"] > 0
+    csv_lines = (out / "history.csv").read_text().splitlines()
+    assert csv_lines[0].split(",") == list(fer_train.HISTORY_KEYS) and len(csv_lines) == 2
+    assert json.loads((out / "best.json").read_text()) == {"epoch": 1, "val_acc": record["val_acc"]}
+    assert result["best_epoch"] == 1 and result["best_val_acc"] == record["val_acc"]
+    assert result["history"] == history and result["run_dir"] == str(out)
+
+
+def test_exported_and_reloaded_networks_reproduce_the_validation_accuracy(one_epoch_run, synthetic_cache):
+    """best.params (load_run) and the exported graph (load_exported) give the recorded val accuracy."""
+    out, result, _ = one_epoch_run
+    data = fer_data.load_cache(synthetic_cache)
+    inputs, labels = fer_train.split_inputs(data, "val", 32)
+    expected = result["best_val_acc"]
+    net, config = fer_model.load_run(out)
+    assert config["model"] == "vgg13"
+    assert fer_train.evaluate_accuracy(net, inputs, labels, [mx.cpu()]) == pytest.approx(expected)
+    exported = fer_model.load_exported(out)
+    assert fer_train.evaluate_accuracy(exported, inputs, labels, [mx.cpu()]) == pytest.approx(expected)
+
+
+def test_an_existing_run_is_neither_overwritten_nor_resumed_with_other_settings(one_epoch_run, synthetic_cache):
+    out, _, _ = one_epoch_run
+    with pytest.raises(FERError, match="already holds a training run.*--resume.*--overwrite"):
+        fer_train.train(synthetic_cache, out, num_epochs=1, **TINY)
+    with pytest.raises(FERError, match="cannot resume .* lr 0.01 -> 0.02"):
+        fer_train.train(synthetic_cache, out, num_epochs=2, resume=True, **{**TINY, "lr": 0.02})
+
+
+# --------------------------------------------------------------------------- resume and checkpoints
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _stop_after(epochs):
+    def callback(record):
+        if record["epoch"] >= epochs:
+            raise Interrupted  # like a kill right after the epoch's checkpoint
+    return callback
+
+
+def test_resume_continues_exactly_where_the_run_stopped(synthetic_cache, tmp_path):
+    """Interrupted after epoch 1 and resumed == two epochs in one go (BatchNorm, dropout,
+    augmentation and the probability-mode label draws included)."""
+    settings = dict(mode="probability", num_epochs=2, schedule="cosine", warmup_epochs=1, seed=5, **TINY)
+    whole = fer_train.train(synthetic_cache, tmp_path / "whole", **settings)
+    with pytest.raises(Interrupted):
+        fer_train.train(synthetic_cache, tmp_path / "parts", callback=_stop_after(1), **settings)
+    assert json.loads((tmp_path / "parts" / "checkpoint.json").read_text())["epoch"] == 1
+    resumed = fer_train.train(synthetic_cache, tmp_path / "parts", resume=True, **settings)
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]
+    for a, b in zip(whole["history"], resumed["history"]):
+        for key in ("loss", "train_acc", "val_acc", "lr"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    first, second = _params(tmp_path / "whole" / "checkpoint.params"), _params(tmp_path / "parts" / "checkpoint.params")
+    assert first.keys() == second.keys()
+    for key in first:
+        np.testing.assert_allclose(second[key], first[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    # Resuming a finished run trains nothing and keeps its history.
+    again = fer_train.train(synthetic_cache, tmp_path / "parts", resume=True, **settings)
+    assert again["history"] == resumed["history"]
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(synthetic_cache, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = []
+    original = mx.gluon.Trainer.save_states
+
+    def failing_save_states(self, fname):
+        calls.append(fname)
+        if len(calls) == 2:  # epoch 2: half a file, then the disk "fills up"
+            with open(fname, "wb") as f:
+                f.write(b"\0" * 100)
+            raise OSError("No space left on device")
+        return original(self, fname)
+
+    monkeypatch.setattr(mx.gluon.Trainer, "save_states", failing_save_states)
+    with pytest.raises(OSError, match="No space left"):
+        fer_train.train(synthetic_cache, out, num_epochs=2, **TINY)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    info = fer_train.load_checkpoint(out)  # hashes match: params and states of epoch 1
+    assert info["epoch"] == 1
+    monkeypatch.setattr(mx.gluon.Trainer, "save_states", original)
+    result = fer_train.train(synthetic_cache, out, num_epochs=2, resume=True, **TINY)
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+
+
+def test_a_checkpoint_whose_files_disagree_is_refused(one_epoch_run, tmp_path):
+    import shutil
+    out = tmp_path / "copy"
+    shutil.copytree(one_epoch_run[0], out)
+    (out / "checkpoint.states").write_bytes(b"not the states of this checkpoint")
+    with pytest.raises(FERError, match="does not match .*checkpoint.json"):
+        fer_train.load_checkpoint(out)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_requests_fail_with_one_clear_message(synthetic_cache, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FERError, match="is not a prepared FER\\+ cache"):
+        fer_train.train(empty, tmp_path / "run", **TINY)
+    with pytest.raises(FERError, match="does not exist"):
+        fer_train.train(tmp_path / "missing", tmp_path / "run", **TINY)
+    with pytest.raises(FERError, match="unknown label mode 'votes'; choose one of: majority"):
+        fer_train.train(synthetic_cache, tmp_path / "run", mode="votes", **TINY)
+    with pytest.raises(FERError, match="unknown model 'vgg16'; choose one of: vgg13, vgg13_bn"):
+        fer_train.train(synthetic_cache, tmp_path / "run", **{**TINY, "model": "vgg16"})
+    with pytest.raises(FERError, match="model 'vgg13' has no option depth; its options are: classes"):
+        fer_train.train(synthetic_cache, tmp_path / "run", **{**TINY, "model_kwargs": {"depth": 3}})
+    with pytest.raises(FERError, match="unknown lr schedule 'linear'"):
+        fer_train.train(synthetic_cache, tmp_path / "run", schedule="linear", **TINY)
+    with pytest.raises(FERError, match="num_epochs must be a positive whole number"):
+        fer_train.train(synthetic_cache, tmp_path / "run", num_epochs=0, **TINY)
+    with pytest.raises(FERError, match="dist_sync.*DMLC_ROLE=worker"):
+        fer_train.train(synthetic_cache, tmp_path / "run", kvstore="dist_sync", **TINY)
+    assert not (tmp_path / "run").exists()  # nothing written for a refused request
+
+
+def test_cli_reports_errors_in_one_line(synthetic_cache, tmp_path, capsys):
+    code = cli.main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--gpus", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert err.startswith("error: --gpus '0': GPU 0 does not exist")
+
+
+def test_cli_trains_and_says_which_devices_it_used(synthetic_cache, tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    code = cli.main(["train", "--data", str(synthetic_cache), "--out", str(out), "--model", "vgg13",
+                     "--width", "0.125", "--input-size", "32", "--epochs", "1", "--gpus", "cpu:2",
+                     "--lr", "0.01", "--conv-dropout", "0", "--dense-dropout", "0.1", "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "devices: cpu(0), cpu(1)" in printed
+    assert "best validation accuracy" in printed and str(out) in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["devices"] == ["cpu(0)", "cpu(1)"] and config["kvstore"] == "local"
+    assert config["model_kwargs"] == {"width": 0.125, "conv_dropout": 0.0, "dense_dropout": 0.1, "input_size": 32}
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_ferplus_schedule_is_the_papers():
+    lr_at = fer_train.make_lr_schedule("ferplus", 0.05, 100, iters_per_epoch=10)
+    assert [lr_at(e * 10) for e in (0, 19, 20, 39, 40, 99)] == pytest.approx([0.05, 0.05, 0.025, 0.025, 0.005, 0.005])
+    assert lr_at(199) == 0.05 and lr_at(200) == 0.025  # changes at the first batch of epoch 20
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    lr_at = fer_train.make_lr_schedule("cosine", 0.1, 10, iters_per_epoch=10, warmup_epochs=2)
+    values = np.array([lr_at(i) for i in range(100)])
+    assert values[0] == 0.0 and values[20] == pytest.approx(0.1)
+    assert np.all(np.diff(values[:21]) > 0) and np.all(np.diff(values[20:]) < 0)
+    assert values[99] < 0.001
+    assert fer_train.default_warmup_epochs(30) == 3 and fer_train.default_warmup_epochs(100) == 5
+
+
+def test_shards_are_equal_disjoint_and_cover_the_split(synthetic_cache):
+    dataset = fer_data.FERPlusDataset(synthetic_cache, "train", "majority")
+    shards = [fer_train._shard(dataset, rank, 3) for rank in range(3)]
+    sizes = {len(s) for s in shards}
+    assert sizes == {len(dataset) // 3}
+    rows = np.concatenate([s.rows for s in shards])
+    assert len(np.unique(rows)) == len(rows) and set(rows) <= set(dataset.rows)
+    x, y = shards[1][0]
+    assert x.shape == (1, 64, 64) and np.array_equal(y, shards[1].targets[0])
+
+
+def test_live_plot_prints_outside_a_notebook_and_draws_the_history(tmp_path, capsys):
+    plot = fer_train.LivePlot(title="tiny")
+    for epoch, (loss, acc) in enumerate([(2.0, 0.3), (1.5, 0.5)], start=1):
+        plot({"epoch": epoch, "loss": loss, "train_acc": acc, "val_acc": acc - 0.1, "lr": 0.05,
+              "seconds": 1.0, "images_per_sec": 100.0})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].startswith("epoch 2: loss 1.5000, train acc 0.500, val acc 0.400")
+    fig = plot.figure()
+    loss_ax, acc_ax = fig.axes
+    assert list(loss_ax.lines[0].get_ydata()) == [2.0, 1.5]
+    assert [list(line.get_ydata()) for line in acc_ax.lines] == [[0.3, 0.5], [pytest.approx(0.2), 0.4]]
+    assert plot.save(tmp_path / "curve.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- it learns
+
+
+@pytest.fixture(scope="module")
+def learnable_cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("learn")
+    fer, ferplus = ferlib.synth.write_synthetic(folder / "csv", n=3000, seed=1)
+    fer_data.prepare(fer, ferplus, folder / "cache", progress=False)
+    return folder / "cache"
+
+
+#: The small variant that learns the synthetic set in minutes on a CPU: vgg13_small
+#: (BatchNorm, 1/4 of the channels) at 48x48 without dropout, cosine schedule.
+SMALL_RECIPE = dict(model="vgg13_small", model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.0},
+                    input_size=48, batch_size=32, lr=0.02, schedule="cosine", warmup_epochs=1, wd=5e-4,
+                    gpus="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_small_variant_learns_the_synthetic_set(learnable_cache, tmp_path):
+    """>= 90% validation accuracy (majority labels of PublicTest) within 10 epochs."""
+    result = fer_train.train(learnable_cache, tmp_path / "small", mode="crossentropy", num_epochs=10,
+                             callback=lambda r: r["val_acc"] >= 0.95, **SMALL_RECIPE)
+    history = result["history"]
+    assert result["best_val_acc"] >= 0.90, history
+    assert history[0]["val_acc"] < 0.5  # it learned: the first epoch is near chance
+    # best.params holds the best epoch, and so does the exported graph.
+    data = fer_data.load_cache(learnable_cache)
+    inputs, labels = fer_train.split_inputs(data, "val", 48)
+    exported = fer_model.load_exported(tmp_path / "small")
+    assert fer_train.evaluate_accuracy(exported, inputs, labels, [mx.cpu()]) == pytest.approx(result["best_val_acc"])
