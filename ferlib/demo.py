@@ -57,7 +57,7 @@ def run_demo(data_dir="data", out_dir="build/demo", synthetic_faces=4000, seed=0
     print(f"\nprepared {'real FER+' if is_real else 'synthetic'} data in {cache_dir}: {data!r}\n")
     print(fer_data.format_summary(data.summary()))
 
-    recipe = dict(train.RECIPES["cpu_real" if is_real else "synthetic"])
+    recipe = dict(train.RECIPES["cpu" if is_real else "synthetic"])
     if num_epochs:
         recipe["num_epochs"] = num_epochs
     run_dir = Path(runs_dir) / ("demo-real" if is_real else "demo-synthetic")

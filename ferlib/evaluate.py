@@ -42,7 +42,7 @@ from . import data as fer_data
 from .errors import FERError
 from .labels import EMOTIONS, NUM_CLASSES
 from .transforms import INPUT_SIZE, WarpParams, normalize, warp_faces
-from .utils import atomic_save, atomic_write_json
+from .utils import as_contexts, atomic_save, atomic_write_json
 
 import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
 from mxnet import autograd, gluon  # noqa: E402
@@ -320,12 +320,6 @@ def compute_metrics(probabilities, majority_targets, crowd_probabilities=None, c
 # --------------------------------------------------------------------------- prediction
 
 
-def _contexts(ctx):
-    if ctx is None:
-        return [mx.cpu()]
-    return list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
-
-
 def _check_views(views):
     views = tuple(views)
     if not views or not all(isinstance(v, View) for v in views):
@@ -375,7 +369,7 @@ def predict_probabilities(net, images, boxes=None, size=INPUT_SIZE, views=PLAIN_
     ndarray float32 (len(views), N, 8); average over axis 0 for TTA.
     """
     views = _check_views(views)
-    ctx = _contexts(ctx)
+    ctx = as_contexts(ctx)
     if isinstance(images, np.ndarray) and images.ndim == 2:
         images = images[None]
     n = len(images)
@@ -591,7 +585,7 @@ def evaluate_run(run_dir, data_dir, split="test", tta=False, ctx=None, json_path
     fer_data.check_split(split)  # fail before any loading
     run_dir = Path(run_dir)
     data = data_dir if isinstance(data_dir, fer_data.FERPlusData) else fer_data.load_cache(data_dir)
-    net, config = load_run(run_dir, ctx=_contexts(ctx))
+    net, config = load_run(run_dir, ctx=as_contexts(ctx))
     net.hybridize(static_alloc=True)
     size = int(config["input_size"])
     started = time.perf_counter()

@@ -19,7 +19,15 @@ from .labels import check_mode
 from mxnet.gluon.loss import Loss, _apply_weighting, _reshape_like  # noqa: E402
 
 
-class SoftTargetCrossEntropyLoss(Loss):
+class _ClassAxisLoss(Loss):
+    """A Gluon loss over class scores along ``axis``, one value per sample."""
+
+    def __init__(self, axis=-1, weight=None, batch_axis=0, **kwargs):
+        super().__init__(weight, batch_axis, **kwargs)
+        self._axis = axis
+
+
+class SoftTargetCrossEntropyLoss(_ClassAxisLoss):
     """Cross-entropy against a target distribution: ``-sum_k t_k log softmax(z)_k``.
 
     For one-hot targets this equals
@@ -44,10 +52,6 @@ class SoftTargetCrossEntropyLoss(Loss):
     (N,) loss per sample.
     """
 
-    def __init__(self, axis=-1, weight=None, batch_axis=0, **kwargs):
-        super().__init__(weight, batch_axis, **kwargs)
-        self._axis = axis
-
     def hybrid_forward(self, F, pred, label, sample_weight=None):
         label = _reshape_like(F, label, pred)
         loss = -F.sum(label * F.log_softmax(pred, axis=self._axis), axis=self._axis, keepdims=True)
@@ -55,7 +59,7 @@ class SoftTargetCrossEntropyLoss(Loss):
         return F.mean(loss, axis=self._batch_axis, exclude=True)
 
 
-class MultiTargetLoss(Loss):
+class MultiTargetLoss(_ClassAxisLoss):
     """The FER+ multi-target loss: ``-log max_k (t_k softmax(z)_k)``.
 
     ``t`` is 1 for the classes the crowd chose and a small epsilon (0.001)
@@ -82,10 +86,6 @@ class MultiTargetLoss(Loss):
     -------
     (N,) loss per sample.
     """
-
-    def __init__(self, axis=-1, weight=None, batch_axis=0, **kwargs):
-        super().__init__(weight, batch_axis, **kwargs)
-        self._axis = axis
 
     def hybrid_forward(self, F, pred, label, sample_weight=None):
         label = _reshape_like(F, label, pred)

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import FERError
+from .utils import as_contexts
 from .labels import EMOTIONS, NUM_CLASSES
 from .transforms import INPUT_SIZE
 
@@ -319,7 +320,7 @@ def initialize(net, ctx=None, init=None):
 
     Returns ``net``.
     """
-    ctx = _contexts(ctx)
+    ctx = as_contexts(ctx)
     default_init = init or mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2)
     for param in net.collect_params().values():
         if param._data is None and not param._deferred_init:
@@ -375,12 +376,6 @@ RUN_CONFIG, RUN_PARAMS = "config.json", "best.params"
 #: Prefix of the exported graph: ``model-symbol.json`` and ``model-0000.params``.
 EXPORT_PREFIX = "model"
 EXPORT_SYMBOL, EXPORT_PARAMS = f"{EXPORT_PREFIX}-symbol.json", f"{EXPORT_PREFIX}-0000.params"
-
-
-def _contexts(ctx):
-    if ctx is None:
-        return [mx.cpu()]
-    return list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
 
 
 def _read_config(run_dir):
@@ -439,7 +434,7 @@ def load_run(run_dir, ctx=None):
                        f"model_kwargs input_size {kwargs['input_size']}")
     net = get_model(config["model"], **kwargs)
     try:
-        net.load_parameters(str(params_path), ctx=_contexts(ctx))
+        net.load_parameters(str(params_path), ctx=as_contexts(ctx))
     except (AssertionError, mx.base.MXNetError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FERError(f"{params_path} does not fit model {config['model']!r} with {kwargs}: {first_line}") from None
@@ -500,7 +495,7 @@ def load_exported(run_dir, ctx=None):
     with warnings.catch_warnings():
         # SymbolBlock.imports warns about the (expected) missing input parameter.
         warnings.simplefilter("ignore")
-        return nn.SymbolBlock.imports(str(symbol_path), ["data"], str(params_path), ctx=_contexts(ctx))
+        return nn.SymbolBlock.imports(str(symbol_path), ["data"], str(params_path), ctx=as_contexts(ctx))
 
 
 def describe(net, input_size=INPUT_SIZE):

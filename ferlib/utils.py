@@ -60,6 +60,13 @@ def parse_devices(spec):
     return [mx.gpu(i) for i in ids]
 
 
+def as_contexts(ctx=None):
+    """A list of contexts from ``None`` (the CPU), one context, or a list of them."""
+    if ctx is None:
+        return [mx.cpu()]
+    return list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
+
+
 def describe_devices(ctx):
     """Short human text for a list of contexts, e.g. 'gpu(0), gpu(1)'."""
     return ", ".join(str(c) for c in ctx)
