@@ -173,13 +173,14 @@ def warp_faces(images, boxes=None, size=INPUT_SIZE, params=None):
 
 @lru_cache(maxsize=8)
 def _plane_basis(height, width):
-    """Unit vectors along the centred x and y pixel coordinates (float32, each (H*W,))."""
+    """Orthonormal basis of the planes ``a + b*x + c*y`` on the pixel grid, float32 (H*W, 3).
+
+    The constant and the centred x and y coordinates are mutually orthogonal on
+    a full grid, so normalising them is all the orthogonalisation needed.
+    """
     y, x = np.mgrid[0:height, 0:width]
-    basis = []
-    for coord in (x, y):
-        centred = coord.ravel() - coord.mean()
-        basis.append((centred / np.linalg.norm(centred)).astype(np.float32))
-    return basis
+    columns = [np.ones(height * width)] + [c.ravel() - c.mean() for c in (x, y)]
+    return np.stack([c / np.linalg.norm(c) for c in columns], axis=1).astype(np.float32)
 
 
 def normalize(faces):
@@ -196,18 +197,16 @@ def normalize(faces):
     squeeze = faces.ndim == 2
     batch = faces[None] if squeeze else faces
     n, height, width = batch.shape
-    flat = batch.reshape(n, -1)
-    # One bincount for the whole batch: give each image its own 256 bins.
-    offsets = (np.arange(n, dtype=np.int64) * 256)[:, None]
-    hist = np.bincount((flat + offsets).ravel(), minlength=256 * n).reshape(n, 256)
-    cdf = hist.cumsum(axis=1).astype(np.float32)
-    cdf = cdf * (2.0 / cdf[:, -1:]) - 1.0
-    equalised = np.take_along_axis(cdf, flat.astype(np.intp), axis=1)
-    ux, uy = _plane_basis(height, width)
-    residual = equalised - equalised.mean(axis=1, keepdims=True)
-    residual -= np.outer(residual @ ux, ux)
-    residual -= np.outer(residual @ uy, uy)
-    std = np.sqrt((residual * residual).mean(axis=1, keepdims=True))
+    # Give each image its own 256 bins: one index serves the histogram and the lookup.
+    index = batch.reshape(n, -1).astype(np.int32)
+    index += (np.arange(n, dtype=np.int32) * 256)[:, None]
+    cdf = np.bincount(index.ravel(), minlength=256 * n).reshape(n, 256).cumsum(axis=1).astype(np.float32)
+    cdf *= 2.0 / cdf[:, -1:]
+    cdf -= 1.0
+    residual = cdf.ravel()[index]
+    basis = _plane_basis(height, width)
+    residual -= (residual @ basis) @ basis.T
+    std = np.sqrt(np.einsum("ij,ij->i", residual, residual) / residual.shape[1])[:, None]
     residual = np.divide(residual, std, out=residual, where=std > 1e-6)
     out = residual.reshape(n, height, width)
     return out[0] if squeeze else out
