@@ -23,8 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) -m ferlib demo --data data --out $(DEMO_DIR)
-	$(MAKE) notebooks
+	$(PY) -m ferlib demo --data data --out $(DEMO_DIR) --notebooks notebooks --notebooks-out build/notebooks
 
 # Execute the tutorial notebooks (quick parameters) into build/notebooks/ for reading.
 notebooks: setup
