@@ -68,19 +68,26 @@ def run_notebooks(notebook_dir, out_dir, run_dir, cache_dir, quick=True):
     Returns the list of executed notebooks. Raises :class:`papermill.PapermillExecutionError`
     (naming the notebook and cell) when one fails.
     """
-    import papermill
-
     notebook_dir, out_dir = Path(notebook_dir), Path(out_dir)
     notebooks = sorted(notebook_dir.glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"{notebook_dir}: no numbered notebooks (NN_name.ipynb) to execute")
-    out_dir.mkdir(parents=True, exist_ok=True)
     for notebook in notebooks:
         parameters = notebook_parameters(notebook, run_dir, cache_dir, quick)
         print(f"executing {notebook.name} -> {out_dir / notebook.name} with {parameters}", flush=True)
-        papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), parameters=parameters,
-                                   cwd=str(notebook_dir), kernel_name="python3", progress_bar=False)
+        execute_notebook(notebook, out_dir, parameters)
     return notebooks
+
+
+def execute_notebook(notebook, out_dir, parameters):
+    """Execute ``notebook`` headless with papermill from its own folder (as a reader runs it),
+    writing the executed copy to ``out_dir``; a failing cell raises with its traceback."""
+    import papermill
+
+    notebook, out_dir = Path(notebook), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), parameters=parameters,
+                                      cwd=str(notebook.parent), kernel_name="python3", progress_bar=False)
 
 
 def run_demo(data_dir="data", out_dir="build/demo", synthetic_faces=4000, seed=0, runs_dir="runs",

@@ -20,11 +20,24 @@ from mxnet.gluon.loss import Loss, _apply_weighting, _reshape_like  # noqa: E402
 
 
 class _ClassAxisLoss(Loss):
-    """A Gluon loss over class scores along ``axis``, one value per sample."""
+    """A Gluon loss over class scores along ``axis``, one value per sample.
+
+    Subclasses give :meth:`_sample_loss`; the target reshaping, the weighting
+    and the per-sample reduction are shared here, as in :mod:`mxnet.gluon.loss`.
+    """
 
     def __init__(self, axis=-1, weight=None, batch_axis=0, **kwargs):
         super().__init__(weight, batch_axis, **kwargs)
         self._axis = axis
+
+    def _sample_loss(self, F, pred, label):
+        """The loss of each sample, keeping the class axis (size 1)."""
+        raise NotImplementedError
+
+    def hybrid_forward(self, F, pred, label, sample_weight=None):
+        loss = self._sample_loss(F, pred, _reshape_like(F, label, pred))
+        loss = _apply_weighting(F, loss, self._weight, sample_weight)
+        return F.mean(loss, axis=self._batch_axis, exclude=True)
 
 
 class SoftTargetCrossEntropyLoss(_ClassAxisLoss):
@@ -52,11 +65,8 @@ class SoftTargetCrossEntropyLoss(_ClassAxisLoss):
     (N,) loss per sample.
     """
 
-    def hybrid_forward(self, F, pred, label, sample_weight=None):
-        label = _reshape_like(F, label, pred)
-        loss = -F.sum(label * F.log_softmax(pred, axis=self._axis), axis=self._axis, keepdims=True)
-        loss = _apply_weighting(F, loss, self._weight, sample_weight)
-        return F.mean(loss, axis=self._batch_axis, exclude=True)
+    def _sample_loss(self, F, pred, label):
+        return -F.sum(label * F.log_softmax(pred, axis=self._axis), axis=self._axis, keepdims=True)
 
 
 class MultiTargetLoss(_ClassAxisLoss):
@@ -87,15 +97,12 @@ class MultiTargetLoss(_ClassAxisLoss):
     (N,) loss per sample.
     """
 
-    def hybrid_forward(self, F, pred, label, sample_weight=None):
-        label = _reshape_like(F, label, pred)
+    def _sample_loss(self, F, pred, label):
         score = F.log(label) + F.log_softmax(pred, axis=self._axis)
         # pick at the argmax rather than max(): one class takes the gradient
         # even when scores tie (max's backward would give it to every tied class).
         best = F.stop_gradient(F.argmax(score, axis=self._axis))
-        loss = -F.pick(score, best, axis=self._axis, keepdims=True)
-        loss = _apply_weighting(F, loss, self._weight, sample_weight)
-        return F.mean(loss, axis=self._batch_axis, exclude=True)
+        return -F.pick(score, best, axis=self._axis, keepdims=True)
 
 
 _LOSSES = {

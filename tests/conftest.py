@@ -48,14 +48,5 @@ def synthetic_cache(tmp_path_factory, synthetic_files):
 
 
 def run_notebook(name, out_dir, **parameters):
-    """Execute notebooks/<name> headless with papermill (cwd = notebooks/, as a reader runs it).
-
-    The executed copy goes to ``out_dir``; a failing cell raises with its traceback.
-    """
-    import papermill
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return papermill.execute_notebook(str(REPO / "notebooks" / name), str(out_dir / name),
-                                      parameters=parameters, cwd=str(REPO / "notebooks"),
-                                      kernel_name="python3", progress_bar=False)
+    """Execute notebooks/<name> into ``out_dir`` (see :func:`ferlib.demo.execute_notebook`)."""
+    return ferlib.demo.execute_notebook(REPO / "notebooks" / name, out_dir, parameters)

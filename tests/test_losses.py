@@ -159,33 +159,34 @@ def gradient_cases():
     return logits, distribution, masks
 
 
-@pytest.mark.parametrize("hybridize", [False, True])
-def test_soft_cross_entropy_gradient_matches_finite_differences(hybridize):
-    logits, distribution, _ = gradient_cases()
-    loss = SoftTargetCrossEntropyLoss()
-    if hybridize:
-        loss.hybridize()
-    analytic = autograd_gradient(loss, logits, distribution)
-    numeric = numeric_gradient(loss, logits, distribution)
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
-    # and the closed form softmax(z) - t
-    softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(analytic, softmax - distribution, rtol=1e-10, atol=1e-12)
+def soft_cross_entropy_closed_form(softmax, distribution):
+    """d/dz of -sum t log softmax(z): softmax(z) - t."""
+    return softmax - distribution
 
 
-@pytest.mark.parametrize("hybridize", [False, True])
-def test_multi_target_gradient_matches_finite_differences(hybridize):
-    logits, _, masks = gradient_cases()
-    loss = MultiTargetLoss()
-    if hybridize:
-        loss.hybridize()
-    analytic = autograd_gradient(loss, logits, masks)
-    numeric = numeric_gradient(loss, logits, masks)
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
-    # closed form: softmax(z) - onehot(best taken class)
-    softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+def multi_target_closed_form(softmax, masks):
+    """d/dz of -log max_k(t_k p_k): softmax(z) - onehot(best taken class)."""
     best = np.argmax(np.log(masks) + np.log(softmax), axis=1)
-    np.testing.assert_allclose(analytic, softmax - np.eye(8)[best], rtol=1e-10, atol=1e-12)
+    return softmax - np.eye(8)[best]
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+@pytest.mark.parametrize("loss_class,target_index,closed_form", [
+    (SoftTargetCrossEntropyLoss, 1, soft_cross_entropy_closed_form),
+    (MultiTargetLoss, 2, multi_target_closed_form),
+], ids=["soft_cross_entropy", "multi_target"])
+def test_loss_gradient_matches_finite_differences_and_closed_form(loss_class, target_index, closed_form,
+                                                                   hybridize):
+    cases = gradient_cases()
+    logits, targets = cases[0], cases[target_index]
+    loss = loss_class()
+    if hybridize:
+        loss.hybridize()
+    analytic = autograd_gradient(loss, logits, targets)
+    numeric = numeric_gradient(loss, logits, targets)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+    softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(analytic, closed_form(softmax, targets), rtol=1e-10, atol=1e-12)
 
 
 def test_multi_target_tie_sends_gradient_to_one_class():
