@@ -10,17 +10,26 @@ export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 export OMP_WAIT_POLICY ?= PASSIVE
 
 DEMO_DIR ?= build/demo
+# MXNet build: auto installs the GPU build (mxnet-cu112 and the CUDA 11 wheels) when there is
+# a GPU MXNet 1.9.1 can use, else the CPU build; or DEVICE=cpu / DEVICE=gpu.
+DEVICE ?= auto
 
-.PHONY: setup demo test test-quick bench notebooks clean
+.PHONY: setup demo test test-quick bench notebooks lab clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# ferlib's own installer: MXNet and gluoncv go in without their stale numpy/OpenCV pins.
+$(VENV)/.installed: pyproject.toml ferlib/install.py ferlib/cuda.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip setuptools wheel
-	$(PY) -m pip install -e ".[cpu,serve,notebook,dev]"
-	$(PY) -c "import ferlib, mxnet; print('ferlib', ferlib.__version__, 'mxnet', mxnet.__version__)"
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m ferlib.install --device $(DEVICE) --extras serve,notebook,dev
+	$(PY) -m pip check
+	$(PY) -c "import ferlib, mxnet, numpy; print('ferlib', ferlib.__version__, '| mxnet', mxnet.__version__, '| numpy', numpy.__version__)"
 	touch $@
+
+# JupyterLab on the notebooks, with this environment as the kernel.
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 demo: setup
 	$(PY) -m ferlib demo --data data --out $(DEMO_DIR) --notebooks notebooks --notebooks-out build/notebooks

@@ -6,19 +6,51 @@ One module per stage of the notebook series::
     ferlib.labels      the four FER+ label schemes (majority, probability, crossentropy, multi_target)
     ferlib.transforms  face crop, 64x64, augmentation and intensity normalisation
     ferlib.synth       the built-in synthetic FER-format dataset
+    ferlib.model       the networks (get_model) and ferlib.losses their losses
+    ferlib.train       the training loop and its recipes
+    ferlib.evaluate    accuracy, the crowd, calibration, TTA, Grad-CAM; ferlib.plots draws them
+    ferlib.serving     the model archive, the Multi Model Server handler, the client
+    ferlib.export      ONNX export
     ferlib.utils       devices (try_gpu, try_all_gpus) and small helpers
+    ferlib.cuda        which MXNet build fits this GPU, and the CUDA 11 libraries it loads
+    ferlib.install     ``python -m ferlib.install``: MXNet and the rest, without touching numpy
+    ferlib.paths       the repository root, and notebook paths relative to it
 
-``python -m ferlib --help`` lists the command-line verbs over the same functions.
+``import ferlib`` is light: submodules load on first use (``ferlib.data``, ...).
+It must come before ``import mxnet``: it makes MXNet 1.9.1 importable on numpy 2
+and loads the GPU build's CUDA libraries. ``python -m ferlib --help`` lists the
+command-line verbs over the same functions.
 """
-from ._numpy_compat import restore_numpy_aliases
+import importlib
+import sys
 
-# Must run before anything imports mxnet (see _numpy_compat for why).
-restore_numpy_aliases()
-
-from .errors import FERError  # noqa: E402
-from .labels import EMOTIONS, MODES, VOTE_COLUMNS  # noqa: E402
-from . import labels, transforms, data, synth, utils, demo  # noqa: E402,F401
+from . import cuda
+from ._mxnet_compat import prepare_mxnet_import
+from .errors import FERError
 
 __version__ = "0.1.0"
 
+# Both must run before anything imports mxnet (see _mxnet_compat and cuda for why).
+prepare_mxnet_import()
+_missing_cuda_libraries = cuda.prepare_mxnet()
+if _missing_cuda_libraries:
+    print(cuda.missing_message(_missing_cuda_libraries), file=sys.stderr)
+
+#: Loaded on first access, so that ``import ferlib`` needs neither MXNet nor OpenCV.
+_LAZY_NAMES = {"EMOTIONS": "labels", "MODES": "labels", "VOTE_COLUMNS": "labels"}
+_SUBMODULES = ("data", "demo", "evaluate", "export", "install", "labels", "losses", "model", "paths", "plots",
+               "serving", "synth", "train", "transforms", "utils")
+
 __all__ = ["EMOTIONS", "MODES", "VOTE_COLUMNS", "FERError", "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'ferlib' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_SUBMODULES))

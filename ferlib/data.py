@@ -99,7 +99,7 @@ def _check_usage(path, usages):
     bad = ~np.isin(usages, USAGES)
     if bad.any():
         row = int(np.flatnonzero(bad)[0]) + 1
-        raise DataFormatError(path, f"unknown usage {usages[row - 1]!r}; expected one of {', '.join(USAGES)}",
+        raise DataFormatError(path, f"unknown usage {str(usages[row - 1])!r}; expected one of {', '.join(USAGES)}",
                               row=row, line=row + 1)
     return usages
 
@@ -176,8 +176,11 @@ def read_fer2013(path, with_emotion=False):
         pixel_text[i] = " ".join(pixel_text[i].split())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # partial parses are detected below
-        values = np.fromstring(" ".join(pixel_text), dtype=np.int64, sep=" ")
-    if values.size != PIXELS * len(rows) or values.min() < 0 or values.max() > 255:
+        try:
+            values = np.fromstring(" ".join(pixel_text), dtype=np.int64, sep=" ")
+        except ValueError:  # numpy 2 raises where numpy 1 warned and stopped early
+            values = np.empty(0, dtype=np.int64)
+    if values.size != PIXELS * len(rows) or values.min(initial=0) < 0 or values.max(initial=0) > 255:
         # Something did not parse (e.g. "12a"); find the row and say why.
         for i, p in enumerate(pixel_text):
             _parse_pixel_row(path, i + 1, p)
@@ -363,7 +366,7 @@ def _join_read(fer_path, ferplus_path, images, usage, fer_emotion, plus):
     differs = plus.usage != usage
     if differs.any():
         row = int(np.flatnonzero(differs)[0]) + 1
-        raise DataFormatError(ferplus_path, f"usage {plus.usage[row - 1]!r} differs from {usage[row - 1]!r} "
+        raise DataFormatError(ferplus_path, f"usage {str(plus.usage[row - 1])!r} differs from {str(usage[row - 1])!r} "
                                             f"in {Path(fer_path).name} at the same row", row=row, line=row + 1)
     named = plus.names != ""
     return images[named], usage[named], plus.names[named], plus.votes[named], fer_emotion[named]

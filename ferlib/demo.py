@@ -42,13 +42,13 @@ def prepare_inputs(data_dir, out_dir, synthetic_faces=4000, seed=0):
     return cache_dir, data, bool(real)
 
 
-def notebook_parameters(notebook, run_dir, cache_dir, quick=True):
+def notebook_parameters(notebook, run_dir, cache_dir, quick=True, extra=None):
     """The papermill parameters that point ``notebook`` at a trained run and its cache.
 
     Only notebooks that declare ``RUN_DIR`` (evaluation, serving) get the run, and its
     cache as ``DATA_DIR`` (in notebooks 01-02 ``DATA_DIR`` is the raw data folder, which
     they find by themselves). Paths are absolute because the notebooks run from their
-    own folder.
+    own folder. ``extra`` parameters go to the notebooks that declare them.
     """
     import papermill
 
@@ -58,10 +58,11 @@ def notebook_parameters(notebook, run_dir, cache_dir, quick=True):
         parameters["RUN_DIR"] = str(Path(run_dir).resolve())
         if "DATA_DIR" in declared:
             parameters["DATA_DIR"] = str(Path(cache_dir).resolve())
+    parameters.update({name: value for name, value in (extra or {}).items() if name in declared})
     return parameters
 
 
-def run_notebooks(notebook_dir, out_dir, run_dir, cache_dir, quick=True):
+def run_notebooks(notebook_dir, out_dir, run_dir, cache_dir, quick=True, extra=None):
     """Execute the numbered tutorial notebooks into ``out_dir``, those that evaluate or
     serve a model on ``run_dir`` (the demo's own run) rather than on a 2-epoch quick one.
 
@@ -73,7 +74,7 @@ def run_notebooks(notebook_dir, out_dir, run_dir, cache_dir, quick=True):
     if not notebooks:
         raise FileNotFoundError(f"{notebook_dir}: no numbered notebooks (NN_name.ipynb) to execute")
     for notebook in notebooks:
-        parameters = notebook_parameters(notebook, run_dir, cache_dir, quick)
+        parameters = notebook_parameters(notebook, run_dir, cache_dir, quick, extra)
         print(f"executing {notebook.name} -> {out_dir / notebook.name} with {parameters}", flush=True)
         execute_notebook(notebook, out_dir, parameters)
     return notebooks
@@ -92,13 +93,14 @@ def execute_notebook(notebook, out_dir, parameters):
 
 def run_demo(data_dir="data", out_dir="build/demo", synthetic_faces=4000, seed=0, runs_dir="runs",
              model_store="model_store", photo=None, num_epochs=None, notebook_dir=None,
-             notebook_out="build/notebooks"):
+             notebook_out="build/notebooks", notebook_extra=None):
     """Prepare, train, evaluate, package and serve: the whole tutorial in one call.
 
     On the synthetic set the small CPU variant trains in minutes; with the real
     files in ``data_dir`` it runs the README's CPU recipe (about 40 minutes on 2 cores).
-    With ``notebook_dir``, the tutorial notebooks are then executed (quick parameters)
-    into ``notebook_out``, notebooks 03 and 04 on this run.
+    With ``notebook_dir``, the tutorial notebooks are then executed (quick parameters, and
+    ``notebook_extra`` where a notebook declares them) into ``notebook_out``, notebooks 03
+    and 04 on this run.
     """
     from . import evaluate, train
     from .serving.demo import serve_demo
@@ -125,7 +127,7 @@ def run_demo(data_dir="data", out_dir="build/demo", synthetic_faces=4000, seed=0
 
     if notebook_dir:
         print(f"\n== executing the notebooks of {notebook_dir} into {notebook_out}")
-        run_notebooks(notebook_dir, notebook_out, run_dir, cache_dir, quick=True)
+        run_notebooks(notebook_dir, notebook_out, run_dir, cache_dir, quick=True, extra=notebook_extra)
     return 0
 
 

@@ -11,11 +11,14 @@ The ONNX model has one input ``data`` of shape ``(N, 1, S, S)`` (the output
 of :func:`ferlib.transforms.preprocess`) and one output: the 8 logits in the
 order of :data:`ferlib.labels.EMOTIONS`; apply a softmax for probabilities.
 
-Needs ``onnx`` (MXNet 1.9.1's exporter works with onnx 1.14.1) and
-``onnxruntime`` for the check.
+Needs ``onnx`` (any version from 1.16: :func:`_mxnet_exporter_compat` gives MXNet
+1.9.1's exporter what later versions removed) and ``onnxruntime`` for the check.
 """
+import contextlib
 import json
 import os
+import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -32,12 +35,45 @@ import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
 PROBABILITY_TOLERANCE = 1e-4
 
 
+#: The ONNX opset written. MXNet 1.9.1's converters exist for opsets 12 and 13 only; left alone
+#: it would label the graph with the newest opset the installed onnx knows, which it is not.
+ONNX_OPSET = 13
+
+
 def _import_onnx():
     try:
         import onnx
     except ImportError:
-        raise FERError("ONNX export needs the onnx package: pip install onnx==1.14.1") from None
+        raise FERError("ONNX export needs the onnx package: pip install onnx onnxruntime") from None
     return onnx
+
+
+@contextlib.contextmanager
+def _mxnet_exporter_compat(onnx):
+    """What MXNet 1.9.1's exporter needs from the onnx of today, for the duration of one export:
+    ``onnx.mapping`` (removed in onnx 1.17; the exporter reads two of its tables) and the opset
+    number it writes (:data:`ONNX_OPSET`)."""
+    from onnx import TensorProto
+
+    names = ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+             "float16", "float32", "float64", "complex64", "complex128")
+    onnx_names = ("BOOL", "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32", "INT64", "UINT64",
+                  "FLOAT16", "FLOAT", "DOUBLE", "COMPLEX64", "COMPLEX128")
+    to_tensor = {np.dtype(n): getattr(TensorProto, o) for n, o in zip(names, onnx_names)}
+    added_mapping = not hasattr(onnx, "mapping")
+    if added_mapping:
+        onnx.mapping = types.SimpleNamespace(NP_TYPE_TO_TENSOR_TYPE=to_tensor,
+                                             TENSOR_TYPE_TO_NP_TYPE={v: k for k, v in to_tensor.items()})
+        sys.modules["onnx.mapping"] = onnx.mapping
+    newest_opset = onnx.defs.onnx_opset_version
+    onnx.defs.onnx_opset_version = lambda: ONNX_OPSET
+    try:
+        yield
+    finally:
+        onnx.defs.onnx_opset_version = newest_opset
+        if added_mapping:
+            del onnx.mapping
+            sys.modules.pop("onnx.mapping", None)
 
 
 def _run_input_size(run_dir):
@@ -74,7 +110,7 @@ def export_onnx(run_dir, onnx_path, input_size=None):
     size = input_size or _run_input_size(run_dir)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = onnx_path.with_name(f".{onnx_path.name}.tmp")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _mxnet_exporter_compat(onnx):
         warnings.simplefilter("ignore")  # the exporter warns about its own internals
         mx.onnx.export_model(str(run_dir / EXPORT_SYMBOL), str(run_dir / EXPORT_PARAMS),
                              in_shapes=[(1, 1, size, size)], in_types=[np.float32],

@@ -1,30 +1,48 @@
 """Devices and small helpers shared by every stage (d2l style)."""
+import functools
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import mxnet as mx
 
+from . import cuda
 from .errors import FERError
 
 
 def num_gpus():
-    """Number of GPUs MXNet can use (0 on a CPU build or a machine without GPU)."""
+    """Number of GPUs MXNet can train on here (see :func:`usable_gpus`)."""
+    return len(usable_gpus())
+
+
+@functools.lru_cache(maxsize=1)
+def usable_gpus():
+    """Ids of the GPUs MXNet can use: those it sees, less those its kernels cannot run on.
+
+    Where the machine has a GPU that the installed MXNet cannot use (the CPU build, or a
+    GPU newer than MXNet 1.9.1's kernels), prints one line saying why, once.
+    """
     try:
-        return mx.context.num_gpus()
+        seen = mx.context.num_gpus()
     except mx.base.MXNetError:
-        return 0
+        seen = 0
+    status = cuda.prepared_status()
+    if status.message:
+        print(status.message, file=sys.stderr, flush=True)
+    # nvidia-smi knows each GPU's compute capability; without it, trust MXNet's count.
+    return [i for i in range(seen) if not status.gpus or i in status.usable]
 
 
 def try_gpu(i=0):
-    """Return ``mx.gpu(i)`` if that GPU exists, else ``mx.cpu()``."""
-    return mx.gpu(i) if num_gpus() >= i + 1 else mx.cpu()
+    """Return ``mx.gpu(i)`` if MXNet can use that GPU, else ``mx.cpu()``."""
+    return mx.gpu(i) if i in usable_gpus() else mx.cpu()
 
 
 def try_all_gpus():
-    """Return all GPUs, or ``[mx.cpu()]`` when there are none."""
-    return [mx.gpu(i) for i in range(num_gpus())] or [mx.cpu()]
+    """Return every GPU MXNet can use, or ``[mx.cpu()]`` when there is none."""
+    return [mx.gpu(i) for i in usable_gpus()] or [mx.cpu()]
 
 
 def parse_devices(spec):
@@ -48,15 +66,15 @@ def parse_devices(spec):
         if count < 1:
             raise FERError(f"--gpus {spec!r}: after 'cpu:' give how many CPU contexts, e.g. cpu:2")
         return [mx.cpu(i) for i in range(count)]
-    available = num_gpus()
+    available = usable_gpus()
     try:
         ids = [int(part) for part in spec.split(",") if part.strip() != ""]
     except ValueError:
         raise FERError(f"--gpus {spec!r}: give GPU ids such as 0 or 0,1, or 'cpu'") from None
-    missing = [i for i in ids if i < 0 or i >= available]
+    missing = [i for i in ids if i not in available]
     if missing:
-        have = f"GPUs 0..{available - 1}" if available else "no GPU (use --gpus cpu)"
-        raise FERError(f"--gpus {spec!r}: GPU {missing[0]} does not exist; this machine has {have}")
+        have = f"GPUs {', '.join(map(str, available))}" if available else "no GPU (use --gpus cpu)"
+        raise FERError(f"--gpus {spec!r}: GPU {missing[0]} does not exist (or MXNet cannot use it); this machine has {have}")
     return [mx.gpu(i) for i in ids]
 
 

@@ -45,7 +45,8 @@ def test_demo_trains_serves_and_evaluates_its_own_run_in_notebook_03(tmp_path, c
 
     status = demo.run_demo(data_dir=tmp_path / "no-data", out_dir=tmp_path / "build" / "demo", synthetic_faces=600,
                            seed=0, runs_dir=tmp_path / "runs", model_store=tmp_path / "model_store", num_epochs=2,
-                           notebook_dir=notebook_dir, notebook_out=tmp_path / "executed")
+                           notebook_dir=notebook_dir, notebook_out=tmp_path / "executed",
+                           notebook_extra={"WORK_DIR": str(tmp_path / "build" / "03_evaluation")})
     printed = capsys.readouterr().out
     assert status == 0
     run_dir = tmp_path / "runs" / "demo-synthetic"
@@ -59,7 +60,7 @@ def test_demo_trains_serves_and_evaluates_its_own_run_in_notebook_03(tmp_path, c
     text = "".join(output.get("text", "") for cell in executed.cells if cell.cell_type == "code"
                    for output in cell.get("outputs", []))
     assert f"run {run_dir.resolve()}:" in text
-    work_dir = tmp_path / "build" / "03_evaluation"  # the notebook's WORK_DIR, relative to its folder
+    work_dir = tmp_path / "build" / "03_evaluation"  # the notebook's WORK_DIR
     assert not (work_dir / "run-quick").exists()
     notebook_eval = json.loads((work_dir / "eval-test.json").read_text())
     demo_eval = json.loads((run_dir / "eval-test.json").read_text())

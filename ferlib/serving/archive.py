@@ -10,7 +10,7 @@ elsewhere except Python, MXNet, OpenCV and Pillow::
     serving.json                 input size, preprocessing, detector settings, request limits, run info
     fer_service.py               entry module: imports the handler below
     fer_runtime/                 ferlib's own files, copied unchanged at packaging time:
-        _numpy_compat.py errors.py labels.py transforms.py serving/handler.py serving/faces.py
+        _mxnet_compat.py errors.py labels.py transforms.py serving/handler.py serving/faces.py
 
 The copied ``ferlib`` files live in a package of their own name,
 ``fer_runtime``, so that the served code is the archive's even on a machine
@@ -33,7 +33,7 @@ RUNTIME_PACKAGE, ENTRY_MODULE = "fer_runtime", "fer_service"
 HANDLER = f"{ENTRY_MODULE}:handle"
 #: ferlib files the handler imports, relative to the ferlib package, copied as they are.
 RUNTIME_FILES = (
-    "_numpy_compat.py",
+    "_mxnet_compat.py",
     "errors.py",
     "labels.py",
     "transforms.py",
@@ -44,10 +44,10 @@ _FERLIB_DIR = Path(__file__).resolve().parents[1]
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
 
 _RUNTIME_INIT = '''"""ferlib's serving code, copied into this model archive by ferlib.serving.archive."""
-from ._numpy_compat import restore_numpy_aliases
+from ._mxnet_compat import prepare_mxnet_import
 
 # Must run before anything imports mxnet (MXNet 1.9.1 under numpy >= 1.24).
-restore_numpy_aliases()
+prepare_mxnet_import()
 '''
 _ENTRY = f'''"""Entry module of the model archive: MMS calls handle(data, context)."""
 from {RUNTIME_PACKAGE}.serving.handler import handle  # noqa: F401
