@@ -357,6 +357,55 @@ def parse_request(request, headers=None):
                         "application/octet-stream or image/*) or as a multipart field", 400, "EmptyBody"), whole_image
 
 
+# ---------------------------------------------------------------------------
+# The reply frame, made safe for multi-model-server 1.1.11's front end
+#
+# The worker answers a batch in one frame (mms/protocol/otf_message_handler.py):
+#   int code, int len + message ("Prediction success"), then per request
+#   int len + request id, int len + content type, int status, int len + reason phrase,
+#   int count + header map, int len + body; then int -1.
+# The front end's ModelResponseDecoder parses whatever part of the frame netty has read so
+# far and waits for more when a length-prefixed field is incomplete. But it reads each status
+# code with an unchecked readInt, and the header map with a readLength whose limit is the bytes
+# already there: when a read ends inside either, it throws (IndexOutOfBoundsException,
+# "Message size exceed limit: 16" for "application/json"), the front end kills the worker and
+# the whole batch gets 500. netty reads in chunks whose sizes are all multiples of 16 (its
+# adaptive buffer sizes), starting at the frame's first byte, and a batch's frame is larger than
+# the chunk size often enough. So the handler sets no response headers (an empty map reads
+# nothing) and pads each JSON body with trailing spaces so that no status code starts on, or
+# straddles, a multiple of 16.
+
+#: The message MMS 1.1.11's service.py sends with every successful batch.
+MMS_SUCCESS_MESSAGE = "Prediction success"
+MMS_READ_ALIGNMENT = 16
+
+
+def _unsafe_status_offset(offset):
+    """Whether a 4-byte status code at ``offset`` can be cut by a read ending at a multiple of 16."""
+    return offset % MMS_READ_ALIGNMENT == 0 or offset % MMS_READ_ALIGNMENT > MMS_READ_ALIGNMENT - 4
+
+
+def pad_for_mms_frame(bodies, phrases, request_ids, message=MMS_SUCCESS_MESSAGE):
+    """The JSON ``bodies`` with trailing spaces added so that, in the frame MMS builds from them
+    (no content type, no headers), no status code can be cut by a 16-byte-aligned read."""
+    offset = 4 + 4 + len(message.encode("utf-8"))
+    padded = []
+    for idx, (body, phrase) in enumerate(zip(bodies, phrases)):
+        status = offset + 4 + len(str(request_ids.get(idx, "")).encode("utf-8")) + 4
+        if _unsafe_status_offset(status):  # only the first can be: the message is fixed
+            raise FERError(f"cannot place status code {idx} of the MMS reply safely (offset {status})")
+        after_status = status + 4 + 4 + len(phrase.encode("utf-8")) + 4 + 4
+        # The next record's status sits at the same distance from its start as this one's.
+        next_request_id = str(request_ids.get(idx + 1, request_ids.get(idx, ""))).encode("utf-8")
+        gap = 4 + len(next_request_id) + 4
+        size = len(body.encode("utf-8"))
+        while _unsafe_status_offset(after_status + size + gap):
+            body, size = body + " ", size + 1
+        padded.append(body)
+        offset = after_status + size
+    return padded
+
+
 class FERService:
     """The state of one MMS worker: the predictor, created once at start."""
 
@@ -386,11 +435,12 @@ class FERService:
             answers = [(500, {"code": 500, "type": "InternalServerError",
                               "message": f"prediction failed: {type(err).__name__}: {err}"})] * len(data)
         elapsed = (time.time() - start) * 1000.0
-        replies = []
-        for idx, (status, body) in enumerate(answers):
-            context.set_response_status(status, "OK" if status == 200 else body.get("type", "Error"), idx)
-            context.set_response_content_type(idx, "application/json")
-            replies.append(json.dumps(body))
+        phrases = ["OK" if status == 200 else body.get("type", "Error") for status, body in answers]
+        for idx, ((status, _), phrase) in enumerate(zip(answers, phrases)):
+            context.set_response_status(status, phrase, idx)
+        # No content type: a header would put a map in the frame, which MMS 1.1.11 misreads.
+        request_ids = getattr(context, "request_ids", None) or {}
+        replies = pad_for_mms_frame([json.dumps(body) for _, body in answers], phrases, request_ids)
         metrics = getattr(context, "metrics", None)
         if metrics is not None:
             metrics.add_time("FERBatchTime", round(elapsed, 2))
