@@ -153,7 +153,7 @@ def main(argv=None):
         print(f"network {'(untrained) ' if not args.run else ''}from {run_dir}; OMP_NUM_THREADS={threads}, "
               f"{os.cpu_count()} CPUs")
         print(f"bare forward: {forward_bs:.0f} images/s at batch {args.batch_size}, {forward_1:.0f} at batch 1")
-        server = ModelServer(store, inference_port="free", management_port="free", worker_threads=args.threads)
+        server = ModelServer(store, inference_port="free", worker_threads=args.threads)
         rows = []
         try:
             server.start()

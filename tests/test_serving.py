@@ -8,6 +8,7 @@ ports with the repository's config.properties and talk HTTP to it.
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from conftest import REPO, SHARED_DATA, run_notebook
 import ferlib  # noqa: F401  (before mxnet)
 from ferlib import EMOTIONS
 from ferlib import model as fer_model
-from ferlib.serving import FacePredictor, decode_image, package_run, read_archive
+from ferlib.serving import FacePredictor, RequestError, decode_image, package_run, read_archive
 from ferlib.serving import archive as fer_archive
 from ferlib.serving import handler as fer_handler
 from ferlib.serving.faces import FER_IMAGE_SIZE, clip_box, cut_face, fer_crop_box
@@ -353,7 +354,7 @@ def test_mms_handler_answers_each_request_of_a_batch(untrained_run, monkeypatch)
     code, _, replies = _parse_mms_response(service.predict(batch))
     assert code == 200 and [r["id"] for r in replies] == list("abcdef")
     assert [r["status"] for r in replies] == [200, 200, 400, 415, 200, 200]
-    assert all(r["content_type"] == "application/json" for r in replies)
+    assert all(r["content_type"] == "" for r in replies)  # no header map: see pad_for_mms_frame
     bodies = [json.loads(r["body"]) for r in replies]
     local = FacePredictor(untrained_run).predict_bytes([face], True)[0][1]
     for body in (bodies[0], bodies[1], bodies[4]):
@@ -415,6 +416,100 @@ print(json.dumps([json.loads(r) for r in replies]))
     for answer, (_, expected) in zip(answers, local):
         assert answer["whole_image"] == expected["whole_image"] and same_faces(answer["faces"], expected["faces"])
     assert len(answers[1]["faces"]) == 1
+
+
+# ---------------------------------------------------------------------------
+# Hardening: every bad input is that request's own 4xx
+
+
+def malformed_dds():
+    """A DDS header with an unknown pixel format: Pillow raises NotImplementedError, not OSError."""
+    header = bytearray(124)
+    struct.pack_into("<IIIIIII", header, 0, 124, 0x1007, 4, 4, 16, 0, 0)
+    struct.pack_into("<II4s", header, 72, 32, 0x4, b"XXXX")  # pixel format: FOURCC "XXXX"
+    return b"DDS " + bytes(header) + bytes(64)
+
+
+def test_a_malformed_image_fails_only_its_own_request(predictor):
+    face = encode(Image.fromarray(ferlib.synth.make_faces(1, seed=8).images[0]), "PNG")
+    with pytest.raises(NotImplementedError):
+        Image.open(io.BytesIO(malformed_dds())).load()  # the case: not an error Pillow documents
+    answers = predictor.predict_bytes([face, malformed_dds(), face], [True, True, True])
+    assert [status for status, _ in answers] == [200, 400, 200]
+    assert answers[1][1]["type"] == "CorruptImage" and "NotImplementedError" in answers[1][1]["message"]
+
+
+def test_the_predict_command_answers_the_good_files_beside_a_bad_one(untrained_run, tmp_path, capsys):
+    from ferlib.cli import main
+
+    Image.fromarray(ferlib.synth.make_faces(1, seed=2).images[0]).save(tmp_path / "face.png")
+    (tmp_path / "bad.dds").write_bytes(malformed_dds())
+    code = main(["predict", str(tmp_path / "face.png"), str(tmp_path / "bad.dds"), "--run", str(untrained_run),
+                 "--whole-image"])
+    out = capsys.readouterr().out
+    assert "face.png: 1 face" in out and "bad.dds: error 400" in out and "NotImplementedError" in out
+    assert code != 0  # one file failed
+
+
+def test_a_long_thin_image_is_refused_before_decoding():
+    thin = encode(Image.new("L", (20_000, 1)), "PNG")  # 20,000 pixels: far below max_pixels
+    with pytest.raises(RequestError, match="side longer than the limit") as err:
+        decode_image(thin)
+    assert err.value.status == 413
+
+
+@pytest.mark.parametrize("value, means", [("1", True), ("yes", True), ("0", False), ("off", False), ("", False)])
+def test_whole_image_option_values(value, means):
+    from ferlib.serving.handler import parse_request
+
+    assert parse_request({"body": b"x"}, {"whole_image": value}) == (b"x", means)
+
+
+def test_an_unclear_whole_image_option_is_refused():
+    from ferlib.serving.handler import parse_request
+
+    payload, _ = parse_request({"body": b"x"}, {"whole_image": "maybe"})
+    assert isinstance(payload, RequestError) and payload.status == 400 and "'maybe'" in str(payload)
+
+
+def test_faces_beyond_the_cap_are_counted_in_the_answer(untrained_run):
+    from ferlib.serving.client import synthetic_photo
+
+    picture, drawn = synthetic_photo(3, seed=0)
+    capped = FacePredictor(untrained_run, settings={"limits": {"max_faces": 1}})
+    [(status, answer)] = capped.predict_bytes([encode(picture, "PNG")])
+    assert status == 200 and len(answer["faces"]) == 1 and answer["faces_dropped"] == len(drawn) - 1
+    [(_, full)] = FacePredictor(untrained_run).predict_bytes([encode(picture, "PNG")])
+    assert full["faces_dropped"] == 0 and len(full["faces"]) == len(drawn)
+
+
+def test_package_refuses_weights_that_do_not_load(untrained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(untrained_run, run)
+    params = run / "model-0000.params"
+    params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])  # truncated
+    with pytest.raises(ferlib.FERError, match="do not load as a network"):
+        package_run(run, tmp_path / "fer.mar")
+    assert not (tmp_path / "fer.mar").exists()
+
+
+def test_a_worker_whose_model_files_are_gone_answers_503_at_once(untrained_run, tmp_path):
+    """A worker restarted after its files vanished answers every request with the reason, instead of
+    failing to start for ever while requests wait unanswered."""
+    from mms.context import Context, RequestProcessor
+
+    from ferlib.serving.handler import FERService
+
+    gone = tmp_path / "gone"
+    shutil.copytree(untrained_run, gone)
+    (gone / "model-0000.params").unlink()
+    context = Context("fer", str(gone), None, 2, None, "1.1.11")
+    context.request_processor = [RequestProcessor({}), RequestProcessor({})]
+    service = FERService()
+    service.initialize(context)
+    replies = service.handle([{"body": b"x"}, {"body": b"y"}], context)
+    assert [context.get_response_status(i)[0] for i in range(2)] == [503, 503]
+    assert all("register the model again" in json.loads(r)["message"] for r in replies)
 
 
 def mms_frame(run_dir, bodies, batch_size):
@@ -555,7 +650,7 @@ def served(trained_run, tmp_path_factory):
     run_dir, data = trained_run
     store = tmp_path_factory.mktemp("model_store")
     package_run(run_dir, store / "fer.mar", version="1.0")
-    server = ModelServer(store, inference_port="free", management_port="free")
+    server = ModelServer(store, inference_port="free")
     session = None
     try:
         server.start()
@@ -719,14 +814,44 @@ def test_batched_serving_loses_no_request_under_load(served):
 
 
 @pytest.mark.slow
+def test_the_management_api_is_out_of_reach_of_web_pages(served, tmp_path):
+    """A page in a browser on this machine can send a form POST with its own Origin and Host to any
+    local TCP port. The only TCP port the server listens on is the inference API's, which has no
+    /models; the management API is a Unix socket in a folder only this user can enter."""
+    import psutil
+    import requests
+
+    server, _, _ = served
+    listening = {c.laddr.port for p in server.processes() for c in p.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN}
+    inference_port = int(server.inference_url.rsplit(":", 1)[1])
+    assert listening == {inference_port}
+    before = server.manage("GET", "/models")
+    for port in listening:
+        reply = requests.post(f"http://127.0.0.1:{port}/models", timeout=30,
+                              params={"url": "fer.mar", "model_name": "attack", "initial_workers": 1},
+                              data={"x": "1"}, headers={"Origin": "http://evil.example", "Host": "evil.example"})
+        assert reply.status_code in (400, 404, 405)
+    assert server.manage("GET", "/models") == before
+    assert (server.management_socket.parent.stat().st_mode & 0o777) == 0o700
+
+
+@pytest.mark.slow
+def test_registering_a_second_copy_of_a_served_archive_is_refused(served):
+    server, _, _ = served
+    with pytest.raises(ferlib.FERError, match="already served as model 'fer'"):
+        server.register("fer.mar", name="fer-batch-16", batch_size=16)
+    assert [m["modelName"] for m in server.manage("GET", "/models")["models"]] == ["fer"]
+
+
+@pytest.mark.slow
 def test_readme_start_command_serves_and_stops_clean(trained_run, tmp_path):
     """--models fer=fer.mar at start (the README's command), then stop: nothing left running."""
     from ferlib.serving import ModelServer
 
     run_dir, _ = trained_run
     package_run(run_dir, tmp_path / "model_store" / "fer.mar")
-    server = ModelServer(tmp_path / "model_store", models={"fer": "fer.mar"}, inference_port="free",
-                         management_port="free")
+    server = ModelServer(tmp_path / "model_store", models={"fer": "fer.mar"}, inference_port="free")
     try:
         server.start()
         session = server.process.pid

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import FERError
 from ..labels import EMOTIONS
-from .handler import LABELS_FILE, PARAMS_FILE, SERVING_CONFIG_FILE, SYMBOL_FILE, serving_settings
+from .handler import LABELS_FILE, PARAMS_FILE, SERVING_CONFIG_FILE, SYMBOL_FILE, FacePredictor, serving_settings
 
 #: Name of the copied package inside the archive, and of the entry module.
 RUNTIME_PACKAGE, ENTRY_MODULE = "fer_runtime", "fer_service"
@@ -109,7 +109,22 @@ def stage_archive(run_dir, stage_dir, version="1.0", detector=None, limits=None)
     (runtime / "serving" / "__init__.py").write_text('"""The model server handler and face detection."""\n',
                                                      encoding="utf-8")
     (stage_dir / f"{ENTRY_MODULE}.py").write_text(_ENTRY, encoding="utf-8")
+    _check_loads(stage_dir, run_dir)
     return settings
+
+
+def _check_loads(stage_dir, run_dir):
+    """Load the staged model and run it once, as a worker does when it starts: a network that
+    cannot load must fail here, not as a worker that never becomes healthy."""
+    try:
+        FacePredictor(stage_dir)
+    except MemoryError:
+        raise
+    except Exception as err:
+        detail = (str(err).strip().splitlines() or [""])[0][:300]
+        raise FERError(f"{run_dir / PARAMS_FILE} and {run_dir / SYMBOL_FILE} do not load as a network "
+                       f"({type(err).__name__}: {detail}): the files are damaged or do not belong together; "
+                       "export the run again") from None
 
 
 def make_manifest(model_name, version, description=None):

@@ -39,11 +39,9 @@ def serve_demo(run_dir, model_store="model_store", image=None, draw=None, versio
         buffer = io.BytesIO()
         Image.fromarray(make_faces(1, seed=1).images[0]).save(buffer, format="PNG")
         body, whole_image, name = buffer.getvalue(), True, "a synthetic 48x48 face (whole-image option)"
-    # The configured ports if they are free, else free ones (another server may be running).
-    default_ports = port_is_free(8080) and port_is_free(8081)
+    # The configured port if it is free, else a free one (another server may be running).
     server = ModelServer(mar.parent, models={"fer": mar.name},
-                         inference_port=None if default_ports else "free",
-                         management_port=None if default_ports else "free")
+                         inference_port=None if port_is_free(8080) else "free")
     print(f"starting multi-model-server on {server.inference_url} ...", flush=True)
     with server:
         [(status, answer)] = predict_url([body], server.inference_url, "fer", whole_image)

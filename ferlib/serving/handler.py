@@ -55,8 +55,10 @@ LABELS_FILE, SERVING_CONFIG_FILE = "labels.json", "serving.json"
 DEFAULT_LIMITS = {
     # Decoded pixels per image: a small file can claim a huge image (decompression bomb).
     "max_pixels": 40_000_000,
-    # Faces per image; the largest are kept. Bounds the work of one request.
+    # Faces per image; the largest are kept (the answer counts the others). Bounds the work of one request.
     "max_faces": 32,
+    # Longest side: a 1 x 40,000,000 PNG is within max_pixels, yet costs seconds and a gigabyte to decode.
+    "max_side": 12_000,
 }
 #: Pillow modes the handler reads, and how each becomes an array to_grey_uint8 takes.
 _MODE_CONVERSION = {
@@ -65,8 +67,9 @@ _MODE_CONVERSION = {
     "RGBX": "RGB", "RGBa": "RGBA", "CMYK": "RGB", "YCbCr": "RGB",
     "I;16": None, "I;16L": None, "I;16B": None, "I;16N": None, "I": None,
 }
-#: Values of the whole-image option that mean yes.
+#: Values of the whole-image option that mean yes, and no; anything else is refused.
 _TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 #: Request fields that are options, never the image (MMS adds model_name on /invocations).
 OPTION_FIELDS = ("whole_image", "model_name")
 WHOLE_IMAGE_HEADER = "X-Whole-Image"
@@ -83,11 +86,12 @@ class RequestError(FERError):
         return {"code": self.status, "type": self.kind, "message": str(self)}
 
 
-def decode_image(data, max_pixels=DEFAULT_LIMITS["max_pixels"]):
+def decode_image(data, max_pixels=DEFAULT_LIMITS["max_pixels"], max_side=DEFAULT_LIMITS["max_side"]):
     """Decode image bytes into an upright Pillow image in L, RGB, RGBA or 16/32-bit grey mode.
 
-    Honours the EXIF orientation. Raises :class:`RequestError` (400 empty or
-    truncated, 413 too many pixels, 415 not an image or an unsupported mode).
+    Honours the EXIF orientation. Raises :class:`RequestError` (400 empty, truncated or
+    corrupt, 413 too many pixels or too long a side, 415 not an image or an unsupported
+    mode), whatever the decoder raises.
     """
     if isinstance(data, str):
         raise RequestError("the request holds text, not image bytes: send the image file itself "
@@ -105,12 +109,18 @@ def decode_image(data, max_pixels=DEFAULT_LIMITS["max_pixels"]):
     except UnidentifiedImageError:
         raise RequestError(f"the {len(data)} bytes sent are not an image Pillow can read "
                            "(JPEG, PNG, BMP, GIF, WebP, TIFF)", 415, "NotAnImage") from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise RequestError(f"cannot read the image header: {err}", 400, "CorruptImage") from None
+    except MemoryError:
+        raise
+    except Exception as err:  # OSError, ValueError, SyntaxError, NotImplementedError (DDS)...
+        raise RequestError(f"cannot read the image header: {type(err).__name__}: {err}", 400,
+                           "CorruptImage") from None
     width, height = image.size
     if width * height > max_pixels:
         raise RequestError(f"image of {width} x {height} = {width * height:,} pixels is larger than "
                            f"the limit of {max_pixels:,}", 413, "ImageTooLarge")
+    if max(width, height) > max_side:
+        raise RequestError(f"image of {width} x {height} pixels has a side longer than the limit of "
+                           f"{max_side:,}", 413, "ImageTooLarge")
     if image.mode not in _MODE_CONVERSION:
         raise RequestError(f"{image.format} image in mode {image.mode!r} is not supported; send 8/16-bit "
                            "grey, RGB(A), palette or CMYK", 415, "UnsupportedMode")
@@ -135,7 +145,13 @@ def decode_image(data, max_pixels=DEFAULT_LIMITS["max_pixels"]):
     target = _MODE_CONVERSION[image.mode]
     if target == "RGBA" and image.mode == "P" and "transparency" not in image.info:
         target = "RGB"
-    return image.convert(target) if target else image
+    try:
+        return image.convert(target) if target else image
+    except MemoryError:
+        raise
+    except Exception as err:
+        raise RequestError(f"cannot convert the {image.format} image: {type(err).__name__}: {err}", 400,
+                           "CorruptImage") from None
 
 
 def to_grey(image):
@@ -248,14 +264,21 @@ class FacePredictor:
 
     def find_faces(self, grey, whole_image=False):
         """``(boxes, crops)``: reported boxes (inside the image) and 48x48 FER-style crops."""
+        boxes, crops, _ = self._faces(grey, whole_image)
+        return boxes, crops
+
+    def _faces(self, grey, whole_image=False):
+        """:meth:`find_faces` and how many faces beyond ``max_faces`` were left out."""
         if whole_image:
             height, width = grey.shape
-            return [[0, 0, width, height]], [whole_image_face(grey)]
-        found = self.detector.detect(grey)[: self.limits["max_faces"]]
+            return [[0, 0, width, height]], [whole_image_face(grey)], 0
+        found = self.detector.detect(grey)
+        dropped = max(0, len(found) - self.limits["max_faces"])
+        found = found[: self.limits["max_faces"]]
         framing = self.detector.settings["framing"]
         boxes = [clip_box(box, grey.shape) for box in found]
         crops = [cut_face(grey, fer_crop_box(box, framing)) for box in found]
-        return boxes, crops
+        return boxes, crops, dropped
 
     def predict_grey(self, greys, whole_image=False):
         """Results for a list of 2-D uint8 images, all faces in one forward pass.
@@ -263,12 +286,17 @@ class FacePredictor:
         ``whole_image`` is one flag or one per image. Returns a list of lists of
         face dicts (box, emotion, probabilities), largest face first.
         """
+        results, _ = self._predict_grey(greys, whole_image)
+        return results
+
+    def _predict_grey(self, greys, whole_image=False):
+        """:meth:`predict_grey` and, per image, the faces left out beyond ``max_faces``."""
         flags = whole_image if isinstance(whole_image, (list, tuple)) else [whole_image] * len(greys)
-        found = [self.find_faces(grey, flag) for grey, flag in zip(greys, flags)]
-        crops = [crop for _, image_crops in found for crop in image_crops]
+        found = [self._faces(grey, flag) for grey, flag in zip(greys, flags)]
+        crops = [crop for _, image_crops, _ in found for crop in image_crops]
         probabilities = self.probabilities(crops)
         results, start = [], 0
-        for boxes, _ in found:
+        for boxes, _, _ in found:
             faces = []
             for box, p in zip(boxes, probabilities[start:start + len(boxes)]):
                 faces.append({
@@ -278,7 +306,7 @@ class FacePredictor:
                 })
             start += len(boxes)
             results.append(faces)
-        return results
+        return results, [dropped for _, _, dropped in found]
 
     def network_input(self, crops):
         """The network input (N, 1, S, S) of 48x48 uint8 face crops: ferlib.transforms.preprocess, as in training."""
@@ -303,15 +331,23 @@ class FacePredictor:
             try:
                 if isinstance(payload, RequestError):
                     raise payload
-                image = decode_image(payload, self.limits["max_pixels"])
+                image = decode_image(payload, self.limits["max_pixels"], self.limits.get("max_side",
+                                                                                         DEFAULT_LIMITS["max_side"]))
                 greys.append(to_grey(image))
                 sizes.append(list(image.size))
                 where.append(i)
             except RequestError as err:
                 answers[i] = (err.status, err.to_json())
-        results = self.predict_grey(greys, [flags[i] for i in where])
-        for i, faces, size in zip(where, results, sizes):
-            answers[i] = (200, {"faces": faces, "image_size": size, "whole_image": bool(flags[i])})
+            except MemoryError:
+                raise
+            except Exception as err:  # one bad image never fails the other requests of its batch
+                logger.warning("request %d: unreadable image", i, exc_info=True)
+                answers[i] = (400, RequestError(f"cannot read the image: {type(err).__name__}: {err}", 400,
+                                                "CorruptImage").to_json())
+        results, dropped = self._predict_grey(greys, [flags[i] for i in where])
+        for i, faces, size, left_out in zip(where, results, sizes, dropped):
+            answers[i] = (200, {"faces": faces, "image_size": size, "whole_image": bool(flags[i]),
+                                "faces_dropped": left_out})
         return answers
 
 
@@ -319,9 +355,14 @@ class FacePredictor:
 # MMS entry point
 
 def _is_true(value):
+    """Whether an option value means yes; :class:`RequestError` (400) when it is neither yes nor no."""
     if isinstance(value, (bytes, bytearray)):
         value = value.decode("utf-8", "replace")
-    return str(value).strip().lower() in _TRUE
+    text = str(value).strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise RequestError(f"whole_image / {WHOLE_IMAGE_HEADER} is {str(value)[:40]!r}: use 1 or 0 (true/false, "
+                           "yes/no, on/off)", 400, "BadOption")
+    return text in _TRUE
 
 
 def _header(context, idx, name):
@@ -344,7 +385,10 @@ def parse_request(request, headers=None):
     ``whole_image`` (MMS 1.1 passes query parameters to the handler on
     ``/invocations?model_name=fer&whole_image=1``, not on ``/predictions/fer``).
     """
-    whole_image = _is_true(request.get("whole_image", "")) or _is_true((headers or {}).get("whole_image", ""))
+    try:
+        whole_image = _is_true(request.get("whole_image", "")) or _is_true((headers or {}).get("whole_image", ""))
+    except RequestError as err:
+        return err, False
     if "body" in request:
         return request["body"], whole_image
     fields = [value for name, value in request.items() if name not in OPTION_FIELDS]
@@ -411,14 +455,31 @@ class FERService:
 
     def __init__(self):
         self.predictor = None
+        self.broken = None  # why the model cannot load, when it cannot
 
     def initialize(self, context):
         properties = context.system_properties
-        self.predictor = FacePredictor(properties.get("model_dir"), ctx=_contexts(properties.get("gpu_id")))
-        logger.info("fer model loaded from %s: input %d, batch size %s", properties.get("model_dir"),
+        model_dir = properties.get("model_dir")
+        try:
+            self.predictor = FacePredictor(model_dir, ctx=_contexts(properties.get("gpu_id")))
+        except MemoryError:
+            raise
+        except Exception as err:
+            # Raising here makes MMS restart the worker for ever while requests wait unanswered
+            # (as when another registration of the same archive deleted the shared folder):
+            # stay up and answer every request with the reason instead.
+            detail = (str(err).strip().splitlines() or [""])[0][:300]
+            self.broken = (f"the model files in {model_dir} cannot be loaded ({type(err).__name__}: {detail}); "
+                           "they were removed or damaged: register the model again")
+            logger.error("fer model not loaded: %s", self.broken)
+            return
+        logger.info("fer model loaded from %s: input %d, batch size %s", model_dir,
                     self.predictor.input_size, properties.get("batch_size"))
 
     def handle(self, data, context):
+        if self.broken:
+            answers = [(503, {"code": 503, "type": "ModelUnavailable", "message": self.broken})] * len(data)
+            return self._reply(answers, context)
         payloads, flags = [], []
         for idx, request in enumerate(data):
             header = _header(context, idx, WHOLE_IMAGE_HEADER)
@@ -435,18 +496,22 @@ class FERService:
             answers = [(500, {"code": 500, "type": "InternalServerError",
                               "message": f"prediction failed: {type(err).__name__}: {err}"})] * len(data)
         elapsed = (time.time() - start) * 1000.0
-        phrases = ["OK" if status == 200 else body.get("type", "Error") for status, body in answers]
-        for idx, ((status, _), phrase) in enumerate(zip(answers, phrases)):
-            context.set_response_status(status, phrase, idx)
-        # No content type: a header would put a map in the frame, which MMS 1.1.11 misreads.
-        request_ids = getattr(context, "request_ids", None) or {}
-        replies = pad_for_mms_frame([json.dumps(body) for _, body in answers], phrases, request_ids)
         metrics = getattr(context, "metrics", None)
         if metrics is not None:
             metrics.add_time("FERBatchTime", round(elapsed, 2))
             metrics.add_counter("FERBatchRequests", len(data))
             metrics.add_counter("FERBatchFaces", sum(len(b.get("faces", [])) for _, b in answers))
-        return replies
+        return self._reply(answers, context)
+
+    @staticmethod
+    def _reply(answers, context):
+        """Each answer's status on the context, and the JSON bodies MMS sends (see pad_for_mms_frame)."""
+        phrases = ["OK" if status == 200 else body.get("type", "Error") for status, body in answers]
+        for idx, ((status, _), phrase) in enumerate(zip(answers, phrases)):
+            context.set_response_status(status, phrase, idx)
+        # No content type: a header would put a map in the frame, which MMS 1.1.11 misreads.
+        request_ids = getattr(context, "request_ids", None) or {}
+        return pad_for_mms_frame([json.dumps(body) for _, body in answers], phrases, request_ids)
 
 
 _service = FERService()
@@ -454,7 +519,7 @@ _service = FERService()
 
 def handle(data, context):
     """The MMS entry point (``--handler <module>:handle``)."""
-    if _service.predictor is None:
+    if _service.predictor is None and _service.broken is None:
         _service.initialize(context)
     if data is None:  # MMS calls once with no data when the worker starts
         return None

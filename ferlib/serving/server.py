@@ -5,17 +5,24 @@ working folder of its own: MMS writes ``logs/`` (and the metrics log) under
 its current folder, keeps its pid file in the temporary folder and the
 sockets of its workers in Java's temporary folder, so one private folder per
 server keeps two servers (or a test and a notebook) from ever touching each
-other's files. The repository's ``config.properties`` is used with the two
-addresses replaced when other ports are asked for.
+other's files. The repository's ``config.properties`` is used with the inference
+address replaced when another port is asked for.
+
+The management API (load, scale and remove models, and fetch archives from any URL)
+listens on a Unix socket in that private folder, never on a TCP port: no web page, and
+no other user of the machine, can reach it. :meth:`ModelServer.register`,
+:meth:`~ModelServer.scale` and the others speak HTTP over that socket.
 
 ::
 
     with ModelServer("model_store", models={"fer": "fer.mar"}) as server:
         print(server.ping())            # {'status': 'Healthy'}
-        ...                             # server.inference_url, server.management_url
+        ...                             # server.inference_url, server.management_socket
     # stopped: no Java or Python worker left
 """
 import atexit
+import http.client
+import json
 import os
 import random
 import shutil
@@ -91,19 +98,19 @@ class ModelServer:
     config : str or Path, optional
         The properties file to start from (default the repository's
         ``config.properties``).
-    inference_port, management_port : int or "free", optional
-        Replace the ports of the config; ``"free"`` picks unused ports below 32767.
+    inference_port : int or "free", optional
+        Replace the inference port of the config; ``"free"`` picks an unused port below 32767.
     workdir : str or Path, optional
-        Working folder (logs, pid file, worker sockets); default a new temporary
-        folder, removed by :meth:`stop` unless ``keep_workdir``.
+        Working folder (logs, pid file, worker sockets, the management API's socket);
+        default a new temporary folder, removed by :meth:`stop` unless ``keep_workdir``.
     extra_properties : dict, optional
         More ``config.properties`` settings (e.g. ``{"default_workers_per_model": "2"}``).
     worker_threads : int, optional
         ``OMP_NUM_THREADS`` of the workers; default the caller's, else 1.
     """
 
-    def __init__(self, model_store, models=None, config=None, inference_port=None, management_port=None,
-                 workdir=None, keep_workdir=False, extra_properties=None, worker_threads=None):
+    def __init__(self, model_store, models=None, config=None, inference_port=None, workdir=None,
+                 keep_workdir=False, extra_properties=None, worker_threads=None):
         self.model_store = Path(model_store).resolve()
         self.models = dict(models or {})
         self.config_source = Path(config) if config else REPO_CONFIG
@@ -111,18 +118,16 @@ class ModelServer:
             raise FERError(f"server configuration {self.config_source} not found")
         self.properties = read_properties(self.config_source)
         self.properties.update(extra_properties or {})
-        taken = []
-        for key, port in (("inference_address", inference_port), ("management_address", management_port)):
-            if port == "free":
-                port = free_port(exclude=taken)
-            if port is not None:
-                taken.append(int(port))
-                self.properties[key] = f"http://127.0.0.1:{int(port)}"
+        if inference_port == "free":
+            inference_port = free_port()
+        if inference_port is not None:
+            self.properties["inference_address"] = f"http://127.0.0.1:{int(inference_port)}"
         self.inference_url = self.properties.get("inference_address", "http://127.0.0.1:8080")
-        self.management_url = self.properties.get("management_address", "http://127.0.0.1:8081")
         self._own_workdir = workdir is None
         # Short path: worker sockets live here and Unix socket paths must stay under 108 bytes.
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mms-", dir="/tmp" if os.name == "posix" else None))
+        self.management_socket = self.workdir / "management.sock"
+        self.properties["management_address"] = f"unix:{self.management_socket}"
         self.keep_workdir = keep_workdir
         self.log_dir = self.workdir / "logs"
         self.worker_threads = worker_threads
@@ -153,13 +158,13 @@ class ModelServer:
         self.log_dir.mkdir(exist_ok=True)
         config_path = self.workdir / "config.properties"
         config_path.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()), encoding="utf-8")
-        for port in (self.inference_url, self.management_url):
-            number = int(port.rsplit(":", 1)[1])
-            if number > MAX_PORT:
-                raise FERError(f"port {number} is too high: multi-model-server accepts ports below 32767")
-            if not port_is_free(number):
-                raise FERError(f"port {number} is in use: is a model server already running? "
-                               "(multi-model-server --stop, or choose other ports)")
+        number = int(self.inference_url.rsplit(":", 1)[1])
+        if number > MAX_PORT:
+            raise FERError(f"port {number} is too high: multi-model-server accepts ports below 32767")
+        if not port_is_free(number):
+            raise FERError(f"port {number} is in use: is a model server already running? "
+                           "(multi-model-server --stop, or choose another port)")
+        os.chmod(self.workdir, 0o700)  # the management socket inside: this user only
         cmd = [_executable("multi-model-server"), "--start", "--foreground", "--mms-config", str(config_path),
                "--model-store", str(self.model_store)]
         if self.models:
@@ -273,13 +278,32 @@ class ModelServer:
         import requests
 
         reply = requests.request(method, url, timeout=timeout, **kwargs)
+        return self._answer(method, url, reply.status_code, reply.text)
+
+    @staticmethod
+    def _answer(method, url, status, text):
         try:
-            body = reply.json()
+            body = json.loads(text)
         except ValueError:
-            body = {"message": reply.text}
-        if reply.status_code >= 400:
-            raise FERError(f"{method} {url}: {reply.status_code} {body.get('message', body)}")
+            body = {"message": text}
+        if status >= 400:
+            message = body.get("message", body) if isinstance(body, dict) else body
+            raise FERError(f"{method} {url}: {status} {message}")
         return body
+
+    def manage(self, method, path, params=None, timeout=30):
+        """A request to the management API over its Unix socket, e.g. ``manage("GET", "/models")``."""
+        from urllib.parse import urlencode
+
+        target = path + (f"?{urlencode(params)}" if params else "")
+        connection = _UnixHTTPConnection(str(self.management_socket), timeout=timeout)
+        try:
+            connection.request(method, target)
+            reply = connection.getresponse()
+            return self._answer(method, f"unix:{self.management_socket}{target}", reply.status,
+                                reply.read().decode("utf-8", "replace"))
+        finally:
+            connection.close()
 
     def ping(self):
         """``GET /ping`` of the inference API: ``{'status': 'Healthy'}`` when up."""
@@ -287,13 +311,13 @@ class ModelServer:
 
     def describe(self, name):
         """``GET /models/NAME`` of the management API: version, batch settings, workers."""
-        answer = self._request("GET", f"{self.management_url}/models/{name}")
+        answer = self.manage("GET", f"/models/{name}")
         return answer[0] if isinstance(answer, list) else answer
 
     def ready_workers(self, name):
         try:
             workers = self.describe(name).get("workers", [])
-        except FERError:
+        except (FERError, OSError):
             return 0
         return sum(w.get("status") == "READY" for w in workers)
 
@@ -303,21 +327,37 @@ class ModelServer:
         ``batch_size`` requests (or fewer, after ``max_batch_delay`` ms) reach the
         handler together and share one forward pass.
         """
+        twin = self._same_archive(mar)
+        if twin:
+            raise FERError(f"{mar} is already served as model {twin!r}: multi-model-server unpacks identical "
+                           "archives into one folder and unregistering either deletes it under the other. "
+                           f"Change that model instead (scale it), or unregister {twin!r} first")
         params = {"url": str(mar), "batch_size": batch_size, "max_batch_delay": max_batch_delay,
                   "initial_workers": initial_workers, "synchronous": "true"}
         if name:
             params["model_name"] = name
-        answer = self._request("POST", f"{self.management_url}/models", params=params, timeout=timeout)
+        answer = self.manage("POST", "/models", params=params, timeout=timeout)
         name = name or Path(mar).stem
         self.models[name] = str(mar)
         self.wait_workers(name, initial_workers, timeout)
         return answer
 
+    def _same_archive(self, mar):
+        """The name of a served model whose archive has the same bytes as ``mar``, if any."""
+        import hashlib
+
+        def digest(path):
+            path = self.model_store / path
+            return hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else None
+
+        wanted = digest(mar)
+        return next((name for name, served in self.models.items() if wanted and digest(served) == wanted), None)
+
     def scale(self, name, workers, timeout=180):
         """Set the number of workers of a model (``PUT /models/NAME?min_worker=..``) and wait for them."""
-        answer = self._request("PUT", f"{self.management_url}/models/{name}",
-                               params={"min_worker": workers, "max_worker": workers, "synchronous": "true"},
-                               timeout=timeout)
+        answer = self.manage("PUT", f"/models/{name}",
+                             params={"min_worker": workers, "max_worker": workers, "synchronous": "true"},
+                             timeout=timeout)
         self.wait_workers(name, workers, timeout)
         return answer
 
@@ -330,7 +370,7 @@ class ModelServer:
             time.sleep(0.5)
 
     def unregister(self, name):
-        answer = self._request("DELETE", f"{self.management_url}/models/{name}")
+        answer = self.manage("DELETE", f"/models/{name}")
         self.models.pop(name, None)
         return answer
 
@@ -338,3 +378,16 @@ class ModelServer:
         """Text of the model metrics log (PredictionTime, the handler's FERBatch* metrics...)."""
         path = self.log_dir / "model_metrics.log"
         return path.read_text(errors="replace") if path.is_file() else ""
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (the management API's)."""
+
+    def __init__(self, socket_path, timeout=30):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
