@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -842,6 +844,98 @@ def test_registering_a_second_copy_of_a_served_archive_is_refused(served):
     with pytest.raises(ferlib.FERError, match="already served as model 'fer'"):
         server.register("fer.mar", name="fer-batch-16", batch_size=16)
     assert [m["modelName"] for m in server.manage("GET", "/models")["models"]] == ["fer"]
+
+
+@pytest.fixture()
+def front(served):
+    from ferlib.serving import FrontDoor
+
+    server, _, _ = served
+    with FrontDoor(server.inference_url, read_timeout=2, max_body=1_000_000) as door:
+        yield door
+
+
+def _raw(url, request, timeout=10):
+    """Send raw bytes to the server at ``url``; return the reply's status line and body (or None)."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except socket.timeout:
+            return None, None
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0].decode(), body
+
+
+@pytest.mark.slow
+def test_the_front_door_answers_in_json_what_mms_answers_badly(front, served):
+    """Each case straight to multi-model-server 1.1.11 (the defect) and through the front door."""
+    import requests
+
+    server, _, _ = served
+    photo = load_photos()[0]
+    mms, door = f"{server.inference_url}/predictions/fer", f"{front.url}/predictions/fer"
+    # A wrong method: MMS hands an empty body to the handler (400); the front door says 405.
+    assert requests.get(mms, timeout=30).status_code == 400
+    reply = requests.get(door, timeout=30)
+    assert reply.status_code == 405 and reply.json()["type"] == "MethodNotAllowed" and reply.headers["Allow"]
+    # A raw image sent as a form: 500 from MMS's form decoder; the front door passes the bytes on.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert requests.post(mms, data=photo, headers=form, timeout=30).status_code == 500
+    reply = requests.post(door, data=photo, headers=form, timeout=30)
+    assert reply.status_code == 200 and reply.json()["faces"]
+    assert reply.headers["Content-Type"] == "application/json"
+    # Too large: a JSON 413 before the body is even read.
+    status, body = _raw(front.url, b"POST /predictions/fer HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
+    assert " 413 " in status and json.loads(body)["type"] == "RequestTooLarge"
+    # Half sent: MMS holds the connection open; the front door answers 408 after its read timeout.
+    half = b"POST /predictions/fer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
+    assert _raw(server.inference_url, half, timeout=5) == (None, None)
+    status, body = _raw(front.url, half, timeout=15)
+    assert " 408 " in status and json.loads(body)["type"] == "RequestTimeout"
+    # Good requests pass through unchanged, multipart forms and the whole-image header included.
+    reply = requests.post(door, files={"data": ("p.png", photo, "image/png")}, timeout=30)
+    assert reply.status_code == 200 and reply.json()["faces"]
+    assert requests.get(f"{front.url}/ping", timeout=30).json()["status"] == "Healthy"
+
+
+def test_the_front_door_says_when_the_model_server_is_down():
+    import requests
+
+    from ferlib.serving import FrontDoor
+    from ferlib.serving.server import free_port
+
+    with FrontDoor(f"http://127.0.0.1:{free_port()}") as door:
+        reply = requests.post(f"{door.url}/predictions/fer", data=b"x", timeout=30)
+    assert reply.status_code == 502 and "not answering" in reply.json()["message"]
+
+
+@pytest.mark.slow
+def test_the_serve_command_batches_behind_the_front_door_and_stops_on_ctrl_c(trained_run, tmp_path):
+    import signal
+
+    import requests
+
+    from ferlib.serving.server import free_port
+
+    run_dir, _ = trained_run
+    package_run(run_dir, tmp_path / "store" / "fer.mar")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "ferlib", "serve", "--model-store", str(tmp_path / "store"),
+                                "--port", str(port), "--batch-size", "4"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        first = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/predictions/fer" in first and "batches of up to 4" in first, first
+        reply = requests.post(f"http://127.0.0.1:{port}/predictions/fer", data=load_photos()[0], timeout=60)
+        assert reply.status_code == 200 and reply.json()["faces"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=120)
+    assert process.returncode == 0 and "stopped" in rest
 
 
 @pytest.mark.slow

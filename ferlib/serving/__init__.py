@@ -14,16 +14,27 @@
 * :mod:`.faces` -- face detection (OpenCV Haar cascade) and FER-style crops;
 * :mod:`.client` -- :func:`predict_url`, :func:`predict_local`, :func:`draw_faces`;
 * :mod:`.server` -- :class:`ModelServer`: start and stop a server from Python (notebook, tests, bench);
+* :mod:`.front` -- :class:`FrontDoor`: answers in JSON what multi-model-server answers badly;
+  ``python -m ferlib serve`` runs both;
 * :mod:`.demo` -- :func:`~.demo.serve_demo`, the serving end of ``make demo``.
 """
 from .archive import package_run, read_archive
 from .client import draw_faces, format_answer, predict_local, predict_url
 from .faces import FaceDetector
+from .front import FrontDoor
 from .handler import FacePredictor, RequestError, decode_image
 from .server import ModelServer
 
-__all__ = ["package_run", "read_archive", "FacePredictor", "FaceDetector", "RequestError", "decode_image",
+__all__ = ["package_run", "read_archive", "FacePredictor", "FaceDetector", "FrontDoor", "RequestError", "decode_image",
            "predict_url", "predict_local", "draw_faces", "format_answer", "ModelServer", "add_commands"]
+
+
+def _serve_command(args):
+    from .front import serve
+
+    serve(args.model_store, args.mar, args.name, args.batch_size, args.max_batch_delay, args.workers,
+          args.host, args.port, read_timeout=args.read_timeout)
+    return 0
 
 
 def _package_command(args):
@@ -45,3 +56,19 @@ def add_commands(subparsers):
     p.add_argument("--model-name", default=None, help="model name in the manifest (default: the file name)")
     p.set_defaults(func=_package_command)
     client.add_commands(subparsers)
+
+    p = subparsers.add_parser(
+        "serve", help="serve a model archive: multi-model-server with batching, behind ferlib's front door",
+        description="Start multi-model-server on a private loopback port, register the archive once with "
+                    "batching, and answer on --host:--port through a front door that answers bad requests "
+                    "(wrong method, too large, too slow, form-encoded) in JSON. Ctrl-C stops both.")
+    p.add_argument("--model-store", default="model_store", help="folder of the .mar files")
+    p.add_argument("--mar", default="fer.mar", help="the archive to serve, in the model store")
+    p.add_argument("--name", default="fer", help="model name: POST images to /predictions/NAME")
+    p.add_argument("--batch-size", type=int, default=8, help="requests that share one forward pass")
+    p.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (each one OpenMP thread)")
+    p.add_argument("--host", default="127.0.0.1", help="address to answer on (0.0.0.0: other machines too)")
+    p.add_argument("--port", type=int, default=8080, help="port to answer on")
+    p.add_argument("--read-timeout", type=float, default=30.0, help="seconds a client may take to send a request")
+    p.set_defaults(func=_serve_command)
