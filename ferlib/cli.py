@@ -2,7 +2,9 @@
 
 Each stage module adds its own verbs through ``add_commands(subparsers)``;
 this file only collects them and turns :class:`~ferlib.errors.FERError` into
-one line on stderr and exit status 2.
+one line on stderr and exit status 2. So does an ``OSError`` that names a
+path (an output folder under a file, a read-only folder, a full disk): it is
+about the paths given, not a bug of ferlib.
 """
 import argparse
 import importlib
@@ -41,6 +43,12 @@ def main(argv=None):
         return args.func(args) or 0
     except FERError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:
+            raise  # no path to blame: keep the traceback of what is then a bug
+        from .utils import os_reason
+        print(f"error: cannot use {e.filename}: {os_reason(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

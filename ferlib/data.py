@@ -28,7 +28,7 @@ from mxnet import gluon
 from . import labels as fer_labels
 from .errors import DataFormatError, FERError
 from .transforms import FERPLUS_AUGMENTATION, INPUT_SIZE, preprocess
-from .utils import atomic_save, atomic_write_json
+from .utils import atomic_save, atomic_write_json, ensure_dir
 
 #: Usage values of the FER2013 file, in split order, and the FER+ split names.
 USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -46,6 +46,12 @@ PIXELS = IMAGE_SIDE * IMAGE_SIDE
 CACHE_FILE = "ferplus.npz"
 SUMMARY_FILE = "summary.json"
 CACHE_VERSION = 1
+#: Largest vote count a cell of fer2013new.csv may hold. FER+ asked 10 taggers per
+#: face; a bound well above that catches garbage before it wraps around in int16.
+MAX_VOTES = 1000
+#: Text encoding of both CSV files; ``utf-8-sig`` also accepts a leading byte-order
+#: mark, which spreadsheet programs add and which would otherwise spoil the header.
+CSV_ENCODING = "utf-8-sig"
 
 
 # --------------------------------------------------------------------------- reading
@@ -62,10 +68,10 @@ def _open_fer2013_text(path):
         members = [m for m in archive.getmembers() if m.isfile() and m.name.endswith("fer2013.csv")]
         if not members:
             raise DataFormatError(path, "the archive holds no fer2013.csv")
-        return io.TextIOWrapper(archive.extractfile(members[0]), encoding="utf-8", newline="")
+        return io.TextIOWrapper(archive.extractfile(members[0]), encoding=CSV_ENCODING, newline="")
     if name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding=CSV_ENCODING, newline="")
+    return open(path, encoding=CSV_ENCODING, newline="")
 
 
 def _check_path(path):
@@ -81,7 +87,7 @@ def _read_rows(path, opener, expected_header):
     """All data rows of a CSV file after checking its header (rows as lists of str)."""
     try:
         with opener(path) as f:
-            rows = list(csv.reader(f))
+            rows = _csv_rows(path, f)
     except (OSError, EOFError, UnicodeDecodeError, csv.Error, gzip.BadGzipFile) as e:
         raise DataFormatError(path, f"cannot be read as CSV text ({e})") from None
     if not rows:
@@ -92,6 +98,20 @@ def _read_rows(path, opener, expected_header):
     if len(rows) == 1:
         raise DataFormatError(path, "has a header but no data rows")
     return rows[1:]
+
+
+def _csv_rows(path, text):
+    """All rows of a CSV text stream; a CSV error names its data row and line."""
+    reader = csv.reader(text)
+    rows = []
+    try:
+        for row in reader:
+            rows.append(row)
+    except csv.Error as e:
+        # len(rows) counts the header, so it is the 1-based number of the failing data row.
+        row = len(rows) if rows else None
+        raise DataFormatError(path, f"cannot be read as CSV ({e})", row=row, line=reader.line_num) from None
+    return rows
 
 
 def _check_usage(path, usages):
@@ -218,31 +238,52 @@ def read_ferplus(path):
     ------
     DataFormatError
         Naming the file and row for a wrong header, a wrong number of fields,
-        a vote that is not a non-negative integer, an unknown usage or an empty file.
+        a vote that is not a whole number in 0..:data:`MAX_VOTES` (naming its
+        column), an unknown usage or an empty file.
     """
     path = _check_path(path)
-    rows = _read_rows(path, lambda p: open(p, encoding="utf-8", newline=""), FERPLUS_HEADER)
+    rows = _read_rows(path, lambda p: open(p, encoding=CSV_ENCODING, newline=""), FERPLUS_HEADER)
     width = len(FERPLUS_HEADER)
     for i, row in enumerate(rows):
         if len(row) != width:
             raise DataFormatError(path, f"has {len(row)} fields, expected {width}", row=i + 1, line=i + 2)
     usage = _check_usage(path, [r[0] for r in rows])
     names = np.array([r[1].strip() for r in rows])
-    vote_text = [r[2:] for r in rows]
+    votes = _parse_votes(path, [r[2:] for r in rows])
+    return FERPlusVotes(usage, names, votes.astype(np.int16))
+
+
+def _parse_votes(path, vote_text):
+    """Votes (N, 10) int64 from their text; each must be a whole number in 0..MAX_VOTES."""
     try:
         votes = np.array(vote_text, dtype=np.int64)
-    except ValueError:
-        for i, row in enumerate(vote_text):
-            for column, value in zip(fer_labels.VOTE_COLUMNS, row):
-                if not value.strip().isdigit():
-                    raise DataFormatError(path, f"vote {column}={value!r} is not a non-negative integer",
-                                          row=i + 1, line=i + 2) from None
-        raise
-    negative = (votes < 0).any(axis=1)
-    if negative.any():
-        row = int(np.flatnonzero(negative)[0]) + 1
-        raise DataFormatError(path, "has a negative vote", row=row, line=row + 1)
-    return FERPlusVotes(usage, names, votes.astype(np.int16))
+    except (ValueError, OverflowError):  # OverflowError: more digits than int64 holds
+        # The slow way, cell by cell: raises at the first bad one, naming it.
+        votes = np.array([[_check_vote(path, i + 1, column, value)
+                           for column, value in zip(fer_labels.VOTE_COLUMNS, row)]
+                          for i, row in enumerate(vote_text)], dtype=np.int64)
+    bad = (votes < 0) | (votes > MAX_VOTES)
+    if bad.any():
+        i, j = (int(k) for k in np.argwhere(bad)[0])
+        _check_vote(path, i + 1, fer_labels.VOTE_COLUMNS[j], vote_text[i][j])
+    return votes
+
+
+def _check_vote(path, row, column, value):
+    """The count of a vote cell; raises, naming file, row, line and column, unless it is in 0..MAX_VOTES."""
+    text = value.strip()
+    shown = text if len(text) <= 30 else text[:27] + "..."  # a runaway cell must not flood the message
+    try:
+        count = int(text)
+    except ValueError:  # also more than 4300 digits, which int() refuses
+        raise DataFormatError(path, f"vote {column}={shown!r} is not a non-negative integer",
+                              row=row, line=row + 1) from None
+    if count < 0:
+        raise DataFormatError(path, f"has a negative vote {column}={shown}", row=row, line=row + 1)
+    if count > MAX_VOTES:
+        raise DataFormatError(path, f"vote {column}={shown} is larger than {MAX_VOTES} (votes count the "
+                                    "taggers of one face)", row=row, line=row + 1)
+    return count
 
 
 def join(fer_path, ferplus_path):
@@ -345,7 +386,7 @@ def prepare(fer_path, ferplus_path, out_dir, progress=True):
         summary = data.summary()
         steps.update()
         steps.set_postfix_str(f"writing {out_dir}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out_dir)
 
         def save(tmp):
             with open(tmp, "wb") as f:

@@ -32,6 +32,7 @@ maps by the mean gradient of the class logit (Selvaraju et al. 2017).
 """
 import json
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -550,6 +551,60 @@ def default_json_path(run_dir, split):
     return Path(run_dir) / f"eval-{split}.json"
 
 
+#: Keys that mark a JSON file as a result of :func:`evaluate_run`.
+_RESULT_KEYS = {"run", "split", "views", "accuracy", "predictions"}
+#: Arrays that mark an ``.npz`` file as stored :class:`Predictions`.
+_PREDICTION_KEYS = {"view_probabilities", "majority_keep", "crowd_keep"}
+
+
+def check_json_path(run_dir, json_path):
+    """Refuse a ``json_path`` whose JSON or ``.npz`` would replace a file of the training run."""
+    from .train import is_run_file  # the run folder's contract lives with training
+
+    run_dir, json_path = Path(run_dir), Path(json_path)
+    if json_path.is_dir():  # checked first: the .npz beside it would be written before the JSON fails
+        raise FERError(f"--json {json_path} is a folder; give the name of the JSON file to write")
+    for path in (json_path, json_path.with_suffix(".npz")):
+        if path.resolve().parent == run_dir.resolve() and is_run_file(path.name):
+            raise FERError(f"--json {json_path} would replace {path.name}, a file of the training run in "
+                           f"{run_dir}; choose another name, e.g. {default_json_path(run_dir, 'test').name}")
+    return json_path
+
+
+def evaluation_outputs(run_dir):
+    """The files :func:`evaluate_run` wrote into ``run_dir``: its JSON results, their ``.npz``
+    and the temporary files of interrupted writes (what ``train --overwrite`` removes)."""
+    from .train import is_run_file
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = set()
+    for path in run_dir.iterdir():
+        name = path.name
+        if not path.is_file() or is_run_file(name):
+            continue
+        if (name.startswith("eval-") and path.suffix in (".json", ".npz")) or _is_result_file(path):
+            found.add(path)
+        elif name.startswith(".eval-") and name.endswith(".tmp"):
+            found.add(path)
+    return sorted(found)
+
+
+def _is_result_file(path):
+    """True for a JSON result or stored predictions of :func:`evaluate_run`, whatever its name."""
+    try:
+        if path.suffix == ".json":
+            content = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(content, dict) and _RESULT_KEYS <= set(content)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return _PREDICTION_KEYS <= set(z.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False  # not readable as one: not ours
+    return False
+
+
 def evaluate_run(run_dir, data_dir, split="test", tta=False, ctx=None, json_path=None, batch_size=256,
                  save=True, progress=False):
     """Evaluate the best network of a training run on a split of a prepared cache.
@@ -567,7 +622,9 @@ def evaluate_run(run_dir, data_dir, split="test", tta=False, ctx=None, json_path
     ctx : Context or list of Context, default cpu
     json_path : str or Path, optional
         Where to write the result; default ``run_dir/eval-<split>.json``. The
-        probabilities go to the same name with ``.npz``.
+        probabilities go to the same name with ``.npz``. A path that would
+        replace a file of the training run (``config.json``, ``best.params``...)
+        is refused.
     save : bool
         Write the JSON and the ``.npz`` (``False``: only return the dict).
 
@@ -584,6 +641,9 @@ def evaluate_run(run_dir, data_dir, split="test", tta=False, ctx=None, json_path
 
     fer_data.check_split(split)  # fail before any loading
     run_dir = Path(run_dir)
+    json_path = Path(json_path) if json_path else default_json_path(run_dir, split)
+    if save:
+        check_json_path(run_dir, json_path)
     data = data_dir if isinstance(data_dir, fer_data.FERPlusData) else fer_data.load_cache(data_dir)
     net, config = load_run(run_dir, ctx=as_contexts(ctx))
     net.hybridize(static_alloc=True)
@@ -607,7 +667,6 @@ def evaluate_run(run_dir, data_dir, split="test", tta=False, ctx=None, json_path
     result.update(evaluate_predictions(predictions, tta=tta))
     result["json"] = result["predictions"] = None
     if save:
-        json_path = Path(json_path) if json_path else default_json_path(run_dir, split)
         npz_path = json_path.with_suffix(".npz")
         predictions.save(npz_path)
         result["json"], result["predictions"] = str(json_path), str(npz_path)

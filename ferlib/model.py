@@ -433,12 +433,35 @@ def load_run(run_dir, ctx=None):
         raise FERError(f"{config_path}: input_size {config['input_size']} differs from "
                        f"model_kwargs input_size {kwargs['input_size']}")
     net = get_model(config["model"], **kwargs)
+    check_params_file(params_path)
     try:
         net.load_parameters(str(params_path), ctx=as_contexts(ctx))
     except (AssertionError, mx.base.MXNetError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FERError(f"{params_path} does not fit model {config['model']!r} with {kwargs}: {first_line}") from None
+        raise FERError(f"{params_path} does not fit model {config['model']!r} with {kwargs}: "
+                       f"{_mxnet_reason(err)}") from None
     return net, config
+
+
+def check_params_file(path):
+    """Raise a one-sentence FERError unless MXNet can read the parameter file ``path``.
+
+    A truncated or damaged file (a copy cut short, a full disk) otherwise
+    surfaces as MXNet's multi-line C++ error, which names neither the file
+    nor the cause.
+    """
+    try:
+        mx.nd.load(str(path))
+    except mx.base.MXNetError:
+        raise FERError(f"{path} is damaged or truncated: MXNet cannot read it as a parameter file; "
+                       "train the run again or restore the file") from None
+
+
+def _mxnet_reason(err):
+    """The telling line of an MXNet error: the first one that is not part of its C++ traceback."""
+    lines = [line.strip() for line in str(err).strip().splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("Traceback", "File \""))]
+    reason = lines[0] if lines else type(err).__name__
+    return reason.removeprefix("MXNetError: ")
 
 
 def _first_context(net):

@@ -3,7 +3,9 @@
 ``python -m ferlib synth --out DIR --n N --seed S`` writes ``DIR/fer2013.csv``
 and ``DIR/fer2013new.csv`` in exactly the format of the real files, so that
 every notebook and command runs end to end without the real data (which needs
-a Kaggle account). The same seed gives the same files byte for byte.
+a Kaggle account). The same seed gives the same files byte for byte. It never
+replaces a ``fer2013.csv`` / ``fer2013new.csv`` it did not write itself, such
+as the real files, unless told to with ``--overwrite``.
 
 Faces
     Grey 48x48 faces drawn with OpenCV at 4x (192x192) and shrunk with
@@ -43,7 +45,9 @@ FER2013 labels
 """
 import argparse
 import csv
+import hashlib
 import io
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -53,8 +57,10 @@ import numpy as np
 
 from .errors import FERError
 from .labels import EMOTIONS, VOTE_COLUMNS, make_targets
-from .utils import atomic_write_bytes
+from .utils import atomic_write_bytes, atomic_write_json, file_sha256
 
+#: Written beside the two files: their SHA-256, so that synth knows which files it may replace.
+OWN_FILES_RECORD = ".ferlib-synth.json"
 #: Side of the FER2013 images.
 IMAGE_SIZE = 48
 #: Faces are drawn at this multiple of :data:`IMAGE_SIZE` and then shrunk.
@@ -648,7 +654,7 @@ def _csv_bytes(header, rows):
     return buffer.getvalue().encode("ascii")
 
 
-def write_faces(faces, out_dir):
+def write_faces(faces, out_dir, overwrite=False):
     """Write the rows of a :class:`SyntheticFaces` as ``fer2013.csv`` + ``fer2013new.csv``.
 
     Parameters
@@ -656,45 +662,89 @@ def write_faces(faces, out_dir):
     faces : SyntheticFaces
         Rows from :func:`make_faces`.
     out_dir : str or Path
-        Folder to write into (created if missing); existing files are replaced.
+        Folder to write into (created if missing).
+    overwrite : bool
+        Replace the two files even if they are not ferlib's synthetic ones.
+        Without it, only files this module wrote (recorded by their SHA-256
+        in ``out_dir/.ferlib-synth.json``) or files with exactly the new
+        content are replaced: real FER files are never lost to a typo in ``--out``.
 
     Returns
     -------
     (Path, Path)
         Paths of ``fer2013.csv`` and ``fer2013new.csv``.
+
+    Raises
+    ------
+    FERError
+        When a file in the way was not written by this module (and
+        ``overwrite`` is False), or the folder cannot be written.
     """
     out_dir = Path(out_dir)
     fer_path, ferplus_path = out_dir / "fer2013.csv", out_dir / "fer2013new.csv"
     fer_rows = ((int(code), " ".join([_GREY_TEXT[v] for v in image.ravel().tolist()]), use)
                 for code, image, use in zip(faces.fer_emotion, faces.images, faces.usage))
     ferplus_rows = ((use, name, *row.tolist()) for use, name, row in zip(faces.usage, faces.names, faces.votes))
-    atomic_write_bytes(fer_path, _csv_bytes(_FER_HEADER, fer_rows))
-    atomic_write_bytes(ferplus_path, _csv_bytes(_FERPLUS_HEADER, ferplus_rows))
+    contents = {fer_path: _csv_bytes(_FER_HEADER, fer_rows), ferplus_path: _csv_bytes(_FERPLUS_HEADER, ferplus_rows)}
+    if not overwrite:
+        for path, data in contents.items():
+            _check_replaceable(path, data)
+    for path, data in contents.items():
+        atomic_write_bytes(path, data)
+    # Recorded last: a kill before this leaves files that need --overwrite, never the reverse.
+    atomic_write_json(out_dir / OWN_FILES_RECORD,
+                      {path.name: hashlib.sha256(data).hexdigest() for path, data in contents.items()})
     return fer_path, ferplus_path
 
 
-def write_synthetic(out_dir, n=4000, seed=0):
+def _check_replaceable(path, data):
+    """Refuse to replace ``path`` unless it is absent, ours, or already holds ``data``."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise FERError(f"{path} is a folder; synth writes a file of that name into --out")
+    if path.stat().st_size == len(data) and path.read_bytes() == data:
+        return  # same content: nothing is lost (also covers files written before the record existed)
+    if file_sha256(path) == _own_hashes(path.parent).get(path.name):
+        return
+    raise FERError(f"{path} already exists and was not written by ferlib synth; refusing to replace it "
+                   "(choose another --out, or pass --overwrite to replace it)")
+
+
+def _own_hashes(out_dir):
+    """``{file name: SHA-256}`` of the files synth last wrote into ``out_dir`` (empty if unknown)."""
+    try:
+        record = json.loads((Path(out_dir) / OWN_FILES_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def write_synthetic(out_dir, n=4000, seed=0, overwrite=False):
     """Generate ``n`` rows with :func:`make_faces` and write them into ``out_dir``.
 
     Parameters
     ----------
     out_dir : str or Path
         Folder to write ``fer2013.csv`` and ``fer2013new.csv`` into (created
-        if missing); existing files are replaced.
+        if missing); synthetic files written earlier are replaced, other
+        files only with ``overwrite=True`` (see :func:`write_faces`).
     n, seed : int
         As in :func:`make_faces`.
+    overwrite : bool
+        Replace the two files whatever they are.
 
     Returns
     -------
     (Path, Path)
         Paths of ``fer2013.csv`` and ``fer2013new.csv``.
     """
-    return write_faces(make_faces(n, seed), out_dir)
+    return write_faces(make_faces(n, seed), out_dir, overwrite=overwrite)
 
 
 def _synth_command(args):
     faces = make_faces(args.n, args.seed)
-    fer_path, ferplus_path = write_faces(faces, args.out)
+    fer_path, ferplus_path = write_faces(faces, args.out, overwrite=args.overwrite)
     usage = ", ".join(f"{np.sum(faces.usage == u)} {u}" for u in USAGE_SHARES)
     print(f"wrote {fer_path} and {ferplus_path}: {len(faces.usage)} rows ({usage}), "
           f"{np.sum(faces.drawn < 0)} not-a-face, seed {args.seed}")
@@ -711,4 +761,6 @@ def add_commands(subparsers):
     parser.add_argument("--out", required=True, help="folder to write the two CSV files into")
     parser.add_argument("--n", type=int, default=4000, help="number of rows (images)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace fer2013.csv / fer2013new.csv in --out even if synth did not write them")
     parser.set_defaults(func=_synth_command)

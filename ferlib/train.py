@@ -24,15 +24,21 @@ How it works, d2l style:
   probability-mode label draws) comes from ``seed`` and the epoch number, so
   a CPU run is repeatable and resuming gives the run that was interrupted.
 
+The run folder stays usable whatever instant the process is killed at: every
+file is replaced atomically, the checkpoint is committed by its json
+(:func:`save_checkpoint`), and a lock file keeps a second process out.
+
 The command line is ``python -m ferlib train`` (:func:`add_commands`).
 """
+import contextlib
 import copy
 import csv
-import hashlib
+import fcntl
 import io
 import json
 import os
-import tempfile
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -85,6 +91,13 @@ RECIPES = {
 CONFIG_FILE, HISTORY_JSON, HISTORY_CSV = "config.json", "history.json", "history.csv"
 BEST_PARAMS, BEST_JSON, LABELS_FILE = fer_model.RUN_PARAMS, "best.json", "labels.json"
 CHECKPOINT_PARAMS, CHECKPOINT_STATES, CHECKPOINT_JSON = "checkpoint.params", "checkpoint.states", "checkpoint.json"
+#: Held (``fcntl.flock``) by the process training in the folder; holds its pid.
+LOCK_FILE = "train.lock"
+#: Every file a training run writes into its folder (``evaluate --json`` must not replace them).
+RUN_FILES = (CONFIG_FILE, HISTORY_JSON, HISTORY_CSV, BEST_PARAMS, BEST_JSON, LABELS_FILE, CHECKPOINT_PARAMS,
+             CHECKPOINT_STATES, CHECKPOINT_JSON, fer_model.EXPORT_SYMBOL, fer_model.EXPORT_PARAMS, LOCK_FILE)
+#: A checkpoint file under its versioned name (see :func:`save_checkpoint`).
+_STAGED_CHECKPOINT = re.compile(r"checkpoint-\d+\.(params|states)")
 #: Settings that must not change when a run is resumed (num_epochs may grow).
 RESUME_KEYS = ("model", "model_kwargs", "mode", "input_size", "batch_size", "lr", "schedule",
                "warmup_epochs", "lr_steps", "wd", "momentum", "seed")
@@ -331,65 +344,173 @@ def split_inputs(data, split, input_size=INPUT_SIZE, mode="majority", chunk=2048
 # --------------------------------------------------------------------------- run folder
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fsync_file(path):
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(run_dir, net, trainer, info):
-    """Write ``checkpoint.params``, ``checkpoint.states`` and then ``checkpoint.json``.
+def _fsync_dir(path):
+    # Makes the renames inside the folder durable too (a power cut, not only a kill).
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    Both binary files are first written completely to temporary files; only
-    then are they moved into place, and ``checkpoint.json`` (with their
-    SHA-256) last. An error or a kill while writing leaves the previous
-    checkpoint as it was; :func:`load_checkpoint` checks the hashes.
+
+def _staged_name(name, epoch):
+    """The versioned name a checkpoint file is first written under, e.g. ``checkpoint-0003.params``."""
+    stem, suffix = name.split(".")
+    return f"{stem}-{int(epoch):04d}.{suffix}"
+
+
+def save_checkpoint(run_dir, net, trainer, info):
+    """Write the checkpoint of ``info["epoch"]``; a kill at any instant leaves one complete checkpoint.
+
+    1. The parameters and the trainer states are written in full, and synced,
+       under names holding the epoch (``checkpoint-0003.params`` / ``.states``).
+    2. ``checkpoint.json`` (``info``, the SHA-256 and names of both files)
+       atomically replaces the previous one: from this instant the new
+       checkpoint is the one that counts.
+    3. Both files are renamed to ``checkpoint.params`` / ``checkpoint.states``.
+
+    A kill before 2 leaves the previous checkpoint whole (the new files are
+    stray and removed at the next start); a kill after 2 leaves the new one,
+    which :func:`load_checkpoint` finds under either name and
+    :func:`settle_checkpoint` completes. An error while writing removes the new files.
     """
     run_dir = Path(run_dir)
-    staged = {}
+    staged = {CHECKPOINT_PARAMS: _staged_name(CHECKPOINT_PARAMS, info["epoch"]),
+              CHECKPOINT_STATES: _staged_name(CHECKPOINT_STATES, info["epoch"])}
     try:
         for name, save in ((CHECKPOINT_PARAMS, net.save_parameters), (CHECKPOINT_STATES, trainer.save_states)):
-            fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
-            staged[name] = tmp
-            save(tmp)
-            _fsync_file(tmp)
-        hashes = {name: _sha256(tmp) for name, tmp in staged.items()}
-        for name, tmp in staged.items():
-            os.replace(tmp, run_dir / name)
-        staged = {}
-    finally:
-        for tmp in staged.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    utils.atomic_write_json(run_dir / CHECKPOINT_JSON, {**info, "sha256": hashes})
+            save(str(run_dir / staged[name]))
+            _fsync_file(run_dir / staged[name])
+        hashes = {name: utils.file_sha256(run_dir / file) for name, file in staged.items()}
+        utils.atomic_write_json(run_dir / CHECKPOINT_JSON, {**info, "sha256": hashes, "staged": staged})
+    except BaseException:
+        # Not committed: the previous checkpoint stands, these files are of no use.
+        for file in staged.values():
+            if (run_dir / file).exists():
+                (run_dir / file).unlink()
+        raise
+    _promote(run_dir, {name: run_dir / file for name, file in staged.items()})
+
+
+def _promote(run_dir, files):
+    """Rename the checkpoint files ``{final name: current path}`` to their final names."""
+    for name, path in files.items():
+        if path.name != name:
+            os.replace(path, run_dir / name)
+    _fsync_dir(run_dir)
 
 
 def load_checkpoint(run_dir):
-    """``checkpoint.json`` of ``run_dir`` after checking the two files it describes, or None."""
+    """``checkpoint.json`` of ``run_dir`` after checking the two files it names, or None.
+
+    Follows the json: each file is taken under its final name or, after a kill
+    between the steps of :func:`save_checkpoint`, under its versioned name,
+    whichever has the recorded SHA-256. Changes nothing on disk. The returned
+    dict has a ``files`` entry ``{final name: Path found}``.
+    """
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT_JSON
     if not path.is_file():
         return None
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-        hashes = info["sha256"]
+        hashes, staged = info["sha256"], info.get("staged", {})
         int(info["epoch"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise FERError(f"{path} is damaged ({e}); start the run again without --resume") from None
-    for name in (CHECKPOINT_PARAMS, CHECKPOINT_STATES):
-        file = run_dir / name
-        if not file.is_file() or _sha256(file) != hashes.get(name):
-            raise FERError(f"{file} does not match {path} (the checkpoint write was interrupted between its "
-                           "files); start the run again without --resume")
+    info["files"] = {name: _find_checkpoint_file(run_dir, path, name, hashes.get(name), staged.get(name))
+                     for name in (CHECKPOINT_PARAMS, CHECKPOINT_STATES)}
     return info
+
+
+def _find_checkpoint_file(run_dir, json_path, name, digest, staged):
+    candidates = [run_dir / name] + ([run_dir / Path(staged).name] if staged else [])
+    for file in candidates:
+        if file.is_file() and utils.file_sha256(file) == digest:
+            return file
+    raise FERError(f"{run_dir / name} does not match {json_path} (the files of the checkpoint were changed "
+                   "or lost); start the run again without --resume")
+
+
+def settle_checkpoint(run_dir, info):
+    """Finish a checkpoint that a kill left half renamed, then remove stray files.
+
+    ``info`` is the result of :func:`load_checkpoint`; afterwards both files
+    are under their final names. Call it only while holding the run's lock.
+    """
+    run_dir = Path(run_dir)
+    _promote(run_dir, info["files"])
+    info["files"] = {name: run_dir / name for name in info["files"]}
+    remove_stale_files(run_dir)
+    return info
+
+
+def remove_stale_files(run_dir):
+    """Remove what an interrupted write leaves in a run folder: versioned checkpoint
+    files no ``checkpoint.json`` needs (call after :func:`settle_checkpoint`),
+    the temporary files of atomic writes, and unfinished export folders."""
+    run_dir = Path(run_dir)
+    for path in run_dir.iterdir():
+        name = path.name
+        tmp = name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in RUN_FILES)
+        if tmp or _STAGED_CHECKPOINT.fullmatch(name):
+            path.unlink()
+        elif name.startswith(".export-") and path.is_dir():
+            shutil.rmtree(path)
+
+
+def is_run_file(name):
+    """True for the name of a file that training writes into a run folder (see :data:`RUN_FILES`)."""
+    return name in RUN_FILES or bool(_STAGED_CHECKPOINT.fullmatch(name))
+
+
+@contextlib.contextmanager
+def hold_run_lock(run_dir):
+    """Hold ``run_dir/train.lock`` exclusively (``fcntl.flock``) inside the ``with`` block.
+
+    The lock goes with the process: the kernel releases it when the block
+    ends, on an exception, and also when the process is killed. The file holds
+    the pid of the holder, for the message another process gets.
+
+    Raises
+    ------
+    FERError
+        When another process holds the lock: the folder is being trained.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        handle = open(path, "a+")
+    except OSError as err:
+        raise FERError(f"cannot create the lock file {path}: {utils.os_reason(err)}") from None
+    with handle:
+        _acquire(handle, run_dir)
+        try:
+            yield path
+        finally:
+            handle.truncate(0)  # no stale pid left behind
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _acquire(handle, run_dir):
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise FERError(f"{run_dir} is in use by another training process{by}; wait for it to end, "
+                       "or stop it, before --resume or --overwrite") from None
+    except OSError as err:
+        raise FERError(f"cannot lock {Path(run_dir) / LOCK_FILE}: {err.strerror}") from None
+    handle.truncate(0)  # "a+": the write below then lands at the start
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
 
 
 def write_history(run_dir, history):
@@ -416,11 +537,15 @@ def _run_exists(run_dir):
 
 
 def _clear_run(run_dir):
-    names = (CONFIG_FILE, HISTORY_JSON, HISTORY_CSV, BEST_PARAMS, BEST_JSON, LABELS_FILE, CHECKPOINT_PARAMS,
-             CHECKPOINT_STATES, CHECKPOINT_JSON, fer_model.EXPORT_SYMBOL, fer_model.EXPORT_PARAMS)
-    for name in names:
-        if (run_dir / name).exists():
+    """Remove the previous run of ``run_dir``: its files and the evaluations of its network."""
+    from .evaluate import evaluation_outputs  # evaluate is not needed for training otherwise
+
+    for name in RUN_FILES:
+        if name != LOCK_FILE and (run_dir / name).exists():  # the lock is held by this run
             (run_dir / name).unlink()
+    for path in evaluation_outputs(run_dir):
+        path.unlink()
+    remove_stale_files(run_dir)
 
 
 # --------------------------------------------------------------------------- live plot
@@ -523,6 +648,38 @@ def format_record(record):
 # --------------------------------------------------------------------------- the job
 
 
+def _open_run_folder(run_dir, resume, overwrite, progress):
+    """Make ``run_dir`` ready for training; returns the checkpoint to resume from, or None.
+
+    Call it holding the run's lock: it completes a half-renamed checkpoint and
+    removes what interrupted writes left behind.
+    """
+    checkpoint = load_checkpoint(run_dir) if resume else None
+    if _run_exists(run_dir) and checkpoint is None:
+        if not (overwrite or resume):
+            raise FERError(f"{run_dir} already holds a training run; continue it with --resume, "
+                           "replace it with --overwrite, or choose another --out")
+        if resume and progress:  # resume of a run that never finished an epoch: start it again
+            print(f"{run_dir} has no checkpoint yet: starting the run from epoch 1", flush=True)
+        _clear_run(run_dir)
+    if checkpoint is not None:
+        settle_checkpoint(run_dir, checkpoint)
+    else:
+        remove_stale_files(run_dir)
+    return checkpoint
+
+
+def _check_resumed_settings(run_dir, config):
+    """Refuse to resume ``run_dir`` with settings (:data:`RESUME_KEYS`) other than its own."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FERError(f"{run_dir / CONFIG_FILE} is missing: cannot check the settings of the run to resume")
+    old = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    changed = [k for k in RESUME_KEYS if old.get(k) != config[k]]
+    if changed:
+        raise FERError(f"cannot resume {run_dir} with different settings: "
+                       + ", ".join(f"{k} {old.get(k)!r} -> {config[k]!r}" for k in changed))
+
+
 def _shard(dataset, rank, num_parts):
     """Worker ``rank``'s equal share of a training set (every ``num_parts``-th item).
 
@@ -582,7 +739,9 @@ def train(data, out_dir, mode="crossentropy", model="vgg13", model_kwargs=None, 
         A cache folder written by :func:`ferlib.data.prepare`, or the data itself.
     out_dir : str or Path
         The run folder (created). A folder that already holds a run is only
-        continued (``resume=True``) or replaced (``overwrite=True``).
+        continued (``resume=True``) or replaced (``overwrite=True``, which also
+        removes the evaluations of the old network). It is locked
+        (``train.lock``) while this runs: a second training of it is refused.
     mode : str
         Label scheme of the training loss (:data:`ferlib.MODES`). Validation
         always uses the majority label (the paper's protocol).
@@ -665,104 +824,93 @@ def train(data, out_dir, mode="crossentropy", model="vgg13", model_kwargs=None, 
     rank, num_machines = (kv.rank, kv.num_workers) if isinstance(kv, mx.kv.KVStore) else (0, 1)
     out_dir = Path(out_dir)
     run_dir = out_dir if rank == 0 else out_dir / "workers" / str(rank)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = load_checkpoint(run_dir) if resume else None
-    if _run_exists(run_dir) and checkpoint is None:
-        if overwrite or resume:  # resume of a run that never finished an epoch: start it again
-            if resume and progress:
-                print(f"{run_dir} has no checkpoint yet: starting the run from epoch 1", flush=True)
-            _clear_run(run_dir)
-        else:
-            raise FERError(f"{run_dir} already holds a training run; continue it with --resume, "
-                           "replace it with --overwrite, or choose another --out")
+    utils.ensure_dir(run_dir)
+    # Held to the end: no second process may write this folder meanwhile.
+    with hold_run_lock(run_dir):
+        checkpoint = _open_run_folder(run_dir, resume, overwrite, progress)
 
-    config = {
-        "model": model, "model_kwargs": model_kwargs, "mode": mode, "input_size": input_size,
-        "emotions": list(EMOTIONS), "num_epochs": num_epochs, "batch_size": batch_size, "lr": lr,
-        "schedule": schedule, "warmup_epochs": warmup_epochs, "lr_steps": list(lr_steps), "wd": wd,
-        "momentum": momentum, "seed": seed, "devices": [str(c) for c in ctx], "data": data_name,
-        "kvstore": kv.type if isinstance(kv, mx.kv.KVStore) else kv, "workers": num_machines,
-        "ferlib_version": __version__,
-    }
-    if checkpoint is not None:
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise FERError(f"{run_dir / CONFIG_FILE} is missing: cannot check the settings of the run to resume")
-        old = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        changed = [k for k in RESUME_KEYS if old.get(k) != config[k]]
-        if changed:
-            raise FERError(f"cannot resume {run_dir} with different settings: "
-                           + ", ".join(f"{k} {old.get(k)!r} -> {config[k]!r}" for k in changed))
-    utils.atomic_write_json(run_dir / CONFIG_FILE, config)
-    utils.atomic_write_json(run_dir / LABELS_FILE, list(EMOTIONS))
+        config = {
+            "model": model, "model_kwargs": model_kwargs, "mode": mode, "input_size": input_size,
+            "emotions": list(EMOTIONS), "num_epochs": num_epochs, "batch_size": batch_size, "lr": lr,
+            "schedule": schedule, "warmup_epochs": warmup_epochs, "lr_steps": list(lr_steps), "wd": wd,
+            "momentum": momentum, "seed": seed, "devices": [str(c) for c in ctx], "data": data_name,
+            "kvstore": kv.type if isinstance(kv, mx.kv.KVStore) else kv, "workers": num_machines,
+            "ferlib_version": __version__,
+        }
+        if checkpoint is not None:
+            _check_resumed_settings(run_dir, config)
+        utils.atomic_write_json(run_dir / CONFIG_FILE, config)
+        utils.atomic_write_json(run_dir / LABELS_FILE, list(EMOTIONS))
 
-    # ---- data: this machine's shard of train, all of val (majority labels)
-    train_set = fer_data.FERPlusDataset(data, "train", mode, size=input_size, seed=seed)
-    if len(train_set) < batch_size * num_machines:
-        raise FERError(f"the training split has {len(train_set)} faces in mode {mode!r}, "
-                       f"fewer than one batch of {batch_size}" + (f" per worker ({num_machines})"
-                                                                 if num_machines > 1 else ""))
-    train_set = _shard(train_set, rank, num_machines)
-    val_inputs, val_labels = split_inputs(data, "val", input_size)
-    if len(val_labels) == 0:
-        raise FERError("the validation split (PublicTest rows) has no faces with a majority label")
-    iters_per_epoch = len(train_set) // batch_size  # the last partial batch is dropped
-    lr_at = make_lr_schedule(schedule, lr, num_epochs, iters_per_epoch, warmup_epochs, lr_steps)
+        # ---- data: this machine's shard of train, all of val (majority labels)
+        train_set = fer_data.FERPlusDataset(data, "train", mode, size=input_size, seed=seed)
+        if len(train_set) < batch_size * num_machines:
+            raise FERError(f"the training split has {len(train_set)} faces in mode {mode!r}, "
+                           f"fewer than one batch of {batch_size}" + (f" per worker ({num_machines})"
+                                                                     if num_machines > 1 else ""))
+        train_set = _shard(train_set, rank, num_machines)
+        val_inputs, val_labels = split_inputs(data, "val", input_size)
+        if len(val_labels) == 0:
+            raise FERError("the validation split (PublicTest rows) has no faces with a majority label")
+        iters_per_epoch = len(train_set) // batch_size  # the last partial batch is dropped
+        lr_at = make_lr_schedule(schedule, lr, num_epochs, iters_per_epoch, warmup_epochs, lr_steps)
 
-    # ---- trainer (the network was built above)
-    trainer = make_trainer(net, lr, momentum, wd, kv, amp)
-    loss_fn = fer_losses.get_loss(mode)
+        # ---- trainer (the network was built above)
+        trainer = make_trainer(net, lr, momentum, wd, kv, amp)
+        loss_fn = fer_losses.get_loss(mode)
 
-    history, best_epoch, best_val_acc, start_epoch = [], 0, -1.0, 0
-    if checkpoint is not None:
-        net.load_parameters(str(run_dir / CHECKPOINT_PARAMS), ctx=ctx)
-        trainer.load_states(str(run_dir / CHECKPOINT_STATES))
-        start_epoch = int(checkpoint["epoch"])
-        history = read_history(run_dir)[:start_epoch]
-        best_epoch, best_val_acc = int(checkpoint["best_epoch"]), float(checkpoint["best_val_acc"])
-    share_initial_weights(trainer)
+        history, best_epoch, best_val_acc, start_epoch = [], 0, -1.0, 0
+        if checkpoint is not None:
+            net.load_parameters(str(run_dir / CHECKPOINT_PARAMS), ctx=ctx)
+            trainer.load_states(str(run_dir / CHECKPOINT_STATES))
+            start_epoch = int(checkpoint["epoch"])
+            history = read_history(run_dir)[:start_epoch]
+            best_epoch, best_val_acc = int(checkpoint["best_epoch"]), float(checkpoint["best_val_acc"])
+        share_initial_weights(trainer)
 
-    if progress:
-        where = utils.describe_devices(ctx)
-        if ctx[0].device_type == "cpu" and utils.num_gpus() == 0 and gpus in (None, "", "auto"):
-            where += " (no GPU found)"
-        machine = f", worker {rank + 1} of {num_machines} ({config['kvstore']})" if num_machines > 1 else ""
-        print(f"training {model} ({mode}) on {where}{machine}: {len(train_set)} training faces, "
-              f"{len(val_labels)} validation faces, epochs {start_epoch + 1}..{num_epochs}"
-              + (f" (resumed after epoch {start_epoch})" if start_epoch else ""), flush=True)
-
-    loader_seed = seed + 1000003 * rank  # machines shuffle their shards differently
-    train_iter = fer_data.make_loader(train_set, batch_size, shuffle=True, num_workers=num_workers,
-                                      last_batch="discard", seed=loader_seed, start_epoch=start_epoch)
-    stopped_early = False
-    for epoch in range(start_epoch, num_epochs):
-        mx.random.seed(_epoch_seed(seed, epoch))
-        record = _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, num_epochs, iters_per_epoch,
-                              lr_at, batch_size * num_machines, amp, progress)
-        record["val_acc"] = evaluate_accuracy(net, val_inputs, val_labels, ctx)
-        record["seconds"] = time.time() - record.pop("_start")
-        record = {key: record[key] for key in HISTORY_KEYS}
-        history.append(record)
-        if record["val_acc"] > best_val_acc:
-            best_epoch, best_val_acc = record["epoch"], record["val_acc"]
-            utils.atomic_save(run_dir / BEST_PARAMS, net.save_parameters)
-            utils.atomic_write_json(run_dir / BEST_JSON, {"epoch": best_epoch, "val_acc": best_val_acc})
-        write_history(run_dir, history)
-        save_checkpoint(run_dir, net, trainer, {"epoch": epoch + 1, "best_epoch": best_epoch,
-                                                "best_val_acc": best_val_acc})
         if progress:
-            print(format_record(record) + (" *" if best_epoch == record["epoch"] else ""), flush=True)
-        if callback is not None and callback(record) is True:
-            stopped_early = epoch + 1 < num_epochs
-            break
+            where = utils.describe_devices(ctx)
+            if ctx[0].device_type == "cpu" and utils.num_gpus() == 0 and gpus in (None, "", "auto"):
+                where += " (no GPU found)"
+            machine = f", worker {rank + 1} of {num_machines} ({config['kvstore']})" if num_machines > 1 else ""
+            print(f"training {model} ({mode}) on {where}{machine}: {len(train_set)} training faces, "
+                  f"{len(val_labels)} validation faces, epochs {start_epoch + 1}..{num_epochs}"
+                  + (f" (resumed after epoch {start_epoch})" if start_epoch else ""), flush=True)
 
-    # ---- export the best network for serving
-    if (run_dir / BEST_PARAMS).is_file():
-        net.load_parameters(str(run_dir / BEST_PARAMS), ctx=ctx)
-        fer_model.export_net(net, run_dir, input_size)
-    if progress:
-        print(f"best validation accuracy {best_val_acc:.4f} at epoch {best_epoch}; run folder {run_dir}", flush=True)
-    return {"run_dir": str(run_dir), "history": history, "best_epoch": best_epoch, "best_val_acc": best_val_acc,
-            "devices": [str(c) for c in ctx], "config": config, "stopped_early": stopped_early}
+        loader_seed = seed + 1000003 * rank  # machines shuffle their shards differently
+        train_iter = fer_data.make_loader(train_set, batch_size, shuffle=True, num_workers=num_workers,
+                                          last_batch="discard", seed=loader_seed, start_epoch=start_epoch)
+        stopped_early = False
+        for epoch in range(start_epoch, num_epochs):
+            mx.random.seed(_epoch_seed(seed, epoch))
+            record = _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, num_epochs, iters_per_epoch,
+                                  lr_at, batch_size * num_machines, amp, progress)
+            record["val_acc"] = evaluate_accuracy(net, val_inputs, val_labels, ctx)
+            record["seconds"] = time.time() - record.pop("_start")
+            record = {key: record[key] for key in HISTORY_KEYS}
+            history.append(record)
+            if record["val_acc"] > best_val_acc:
+                best_epoch, best_val_acc = record["epoch"], record["val_acc"]
+                utils.atomic_save(run_dir / BEST_PARAMS, net.save_parameters)
+                utils.atomic_write_json(run_dir / BEST_JSON, {"epoch": best_epoch, "val_acc": best_val_acc})
+            write_history(run_dir, history)
+            save_checkpoint(run_dir, net, trainer, {"epoch": epoch + 1, "best_epoch": best_epoch,
+                                                    "best_val_acc": best_val_acc})
+            if progress:
+                print(format_record(record) + (" *" if best_epoch == record["epoch"] else ""), flush=True)
+            if callback is not None and callback(record) is True:
+                stopped_early = epoch + 1 < num_epochs
+                break
+
+        # ---- export the best network for serving
+        if (run_dir / BEST_PARAMS).is_file():
+            net.load_parameters(str(run_dir / BEST_PARAMS), ctx=ctx)
+            fer_model.export_net(net, run_dir, input_size)
+        if progress:
+            print(f"best validation accuracy {best_val_acc:.4f} at epoch {best_epoch}; run folder {run_dir}",
+                  flush=True)
+        return {"run_dir": str(run_dir), "history": history, "best_epoch": best_epoch, "best_val_acc": best_val_acc,
+                "devices": [str(c) for c in ctx], "config": config, "stopped_early": stopped_early}
 
 
 def _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, num_epochs, iters_per_epoch, lr_at,
