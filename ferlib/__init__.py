@@ -11,7 +11,9 @@ One module per stage of the notebook series::
     ferlib.evaluate    accuracy, the crowd, calibration, TTA, Grad-CAM; ferlib.plots draws them
     ferlib.serving     the model archive, the Multi Model Server handler, the client
     ferlib.export      ONNX export
-    ferlib.utils       devices (try_gpu, try_all_gpus) and small helpers
+    ferlib.run         the run folder: its file names, its config, its exported network
+    ferlib.fileio      files written atomically, path errors in plain words
+    ferlib.utils       devices (try_gpu, try_all_gpus)
     ferlib.cuda        which MXNet build fits this GPU, and the CUDA 11 libraries it loads
     ferlib.install     ``python -m ferlib.install``: MXNet and the rest, without touching numpy
     ferlib.paths       the repository root, and notebook paths relative to it
@@ -38,8 +40,8 @@ if _missing_cuda_libraries:
 
 #: Loaded on first access, so that ``import ferlib`` needs neither MXNet nor OpenCV.
 _LAZY_NAMES = {"EMOTIONS": "labels", "MODES": "labels", "VOTE_COLUMNS": "labels"}
-_SUBMODULES = ("data", "demo", "evaluate", "export", "install", "labels", "losses", "model", "paths", "plots",
-               "serving", "synth", "train", "transforms", "utils")
+_SUBMODULES = ("cuda", "data", "demo", "evaluate", "export", "fileio", "install", "labels", "losses", "model",
+               "paths", "plots", "run", "serving", "synth", "train", "transforms", "utils")
 
 __all__ = ["EMOTIONS", "MODES", "VOTE_COLUMNS", "FERError", "__version__"]
 

@@ -47,7 +47,7 @@ def main(argv=None):
     except OSError as e:
         if e.filename is None:
             raise  # no path to blame: keep the traceback of what is then a bug
-        from .utils import os_reason
+        from .fileio import os_reason
         print(f"error: cannot use {e.filename}: {os_reason(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

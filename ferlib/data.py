@@ -28,7 +28,7 @@ from mxnet import gluon
 from . import labels as fer_labels
 from .errors import DataFormatError, FERError
 from .transforms import FERPLUS_AUGMENTATION, INPUT_SIZE, preprocess
-from .utils import atomic_save, atomic_write_json, ensure_dir
+from .fileio import atomic_save, atomic_write_json, ensure_dir
 
 #: Usage values of the FER2013 file, in split order, and the FER+ split names.
 USAGES = ("Training", "PublicTest", "PrivateTest")

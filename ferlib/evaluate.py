@@ -43,7 +43,8 @@ from . import data as fer_data
 from .errors import FERError
 from .labels import EMOTIONS, NUM_CLASSES
 from .transforms import INPUT_SIZE, WarpParams, normalize, warp_faces
-from .utils import as_contexts, atomic_save, atomic_write_json
+from .fileio import atomic_save, atomic_write_json
+from .utils import as_contexts
 
 import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
 from mxnet import autograd, gluon  # noqa: E402

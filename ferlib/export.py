@@ -26,7 +26,8 @@ import numpy as np
 
 from .errors import FERError
 from .labels import EMOTIONS
-from .model import EXPORT_PARAMS, EXPORT_SYMBOL, load_exported
+from . import run
+from .model import load_exported
 from .transforms import preprocess
 
 import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
@@ -77,13 +78,10 @@ def _mxnet_exporter_compat(onnx):
 
 
 def _run_input_size(run_dir):
-    config_path = Path(run_dir) / "config.json"
-    if not config_path.is_file():
-        raise FERError(f"{config_path} is missing: {run_dir} is not a training run folder")
     try:
-        return int(json.loads(config_path.read_text(encoding="utf-8"))["input_size"])
-    except (ValueError, KeyError) as err:
-        raise FERError(f"{config_path}: cannot read input_size ({err})") from None
+        return int(run.read_config(run_dir)["input_size"])
+    except (TypeError, ValueError) as err:
+        raise FERError(f"{Path(run_dir) / run.CONFIG}: cannot read input_size ({err})") from None
 
 
 def export_onnx(run_dir, onnx_path, input_size=None):
@@ -104,7 +102,7 @@ def export_onnx(run_dir, onnx_path, input_size=None):
     """
     onnx = _import_onnx()
     run_dir, onnx_path = Path(run_dir), Path(onnx_path)
-    for name in (EXPORT_SYMBOL, EXPORT_PARAMS):
+    for name in (run.EXPORT_SYMBOL, run.EXPORT_PARAMS):
         if not (run_dir / name).is_file():
             raise FERError(f"{run_dir / name} is missing: the run has no exported network")
     size = input_size or _run_input_size(run_dir)
@@ -112,7 +110,7 @@ def export_onnx(run_dir, onnx_path, input_size=None):
     tmp_path = onnx_path.with_name(f".{onnx_path.name}.tmp")
     with warnings.catch_warnings(), _mxnet_exporter_compat(onnx):
         warnings.simplefilter("ignore")  # the exporter warns about its own internals
-        mx.onnx.export_model(str(run_dir / EXPORT_SYMBOL), str(run_dir / EXPORT_PARAMS),
+        mx.onnx.export_model(str(run_dir / run.EXPORT_SYMBOL), str(run_dir / run.EXPORT_PARAMS),
                              in_shapes=[(1, 1, size, size)], in_types=[np.float32],
                              onnx_file_path=str(tmp_path), dynamic=True,
                              dynamic_input_shapes=[(None, 1, size, size)])

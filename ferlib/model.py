@@ -26,6 +26,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from . import run
 from .errors import FERError
 from .utils import as_contexts
 from .labels import EMOTIONS, NUM_CLASSES
@@ -371,29 +372,9 @@ def get_model(name, **kwargs):
 # --------------------------------------------------------------------------
 # Run folders and exported graphs
 
-#: Files of a training run folder that :func:`load_run` reads.
-RUN_CONFIG, RUN_PARAMS = "config.json", "best.params"
-#: Prefix of the exported graph: ``model-symbol.json`` and ``model-0000.params``.
-EXPORT_PREFIX = "model"
-EXPORT_SYMBOL, EXPORT_PARAMS = f"{EXPORT_PREFIX}-symbol.json", f"{EXPORT_PREFIX}-0000.params"
-
-
 def _read_config(run_dir):
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FERError(f"run folder {run_dir} does not exist (train a model first, or check the path)")
-    config_path = run_dir / RUN_CONFIG
-    if not config_path.is_file():
-        raise FERError(f"{config_path} is missing: {run_dir} is not a complete training run folder")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise FERError(f"{config_path} is not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise FERError(f"{config_path} must hold a JSON object")
-    missing = [key for key in ("model", "model_kwargs", "input_size", "emotions") if key not in config]
-    if missing:
-        raise FERError(f"{config_path} lacks the key(s) {', '.join(missing)}")
+    config = run.read_config(run_dir, required=("model", "model_kwargs", "input_size", "emotions"))
+    config_path = Path(run_dir) / run.CONFIG
     if not isinstance(config["model_kwargs"], dict):
         raise FERError(f"{config_path}: model_kwargs must be a JSON object")
     return config_path, config
@@ -417,7 +398,7 @@ def load_run(run_dir, ctx=None):
         The parsed ``config.json``.
     """
     config_path, config = _read_config(run_dir)
-    params_path = Path(run_dir) / RUN_PARAMS
+    params_path = Path(run_dir) / run.BEST_PARAMS
     if not params_path.is_file():
         raise FERError(f"{params_path} is missing: the run saved no best weights (did it finish an epoch?)")
     emotions = list(config["emotions"])
@@ -494,31 +475,20 @@ def export_net(net, run_dir, input_size=INPUT_SIZE):
     net(mx.nd.zeros((1, 1, input_size, input_size), ctx=_first_context(net)))
     tmp_dir = tempfile.mkdtemp(dir=run_dir, prefix=".export-")
     try:
-        net.export(os.path.join(tmp_dir, EXPORT_PREFIX))
-        for name in (EXPORT_SYMBOL, EXPORT_PARAMS):
+        net.export(os.path.join(tmp_dir, run.EXPORT_PREFIX))
+        for name in (run.EXPORT_SYMBOL, run.EXPORT_PARAMS):
             os.replace(os.path.join(tmp_dir, name), run_dir / name)
     finally:
         for leftover in Path(tmp_dir).iterdir():
             leftover.unlink()
         os.rmdir(tmp_dir)
-    return run_dir / EXPORT_SYMBOL, run_dir / EXPORT_PARAMS
+    return run_dir / run.EXPORT_SYMBOL, run_dir / run.EXPORT_PARAMS
 
 
 def load_exported(run_dir, ctx=None):
-    """The exported network of ``run_dir`` as a ``SymbolBlock`` (input ``data``).
-
-    No model code is needed: this is what evaluation and the model server use.
-    """
-    run_dir = Path(run_dir)
-    symbol_path, params_path = run_dir / EXPORT_SYMBOL, run_dir / EXPORT_PARAMS
-    for path in (symbol_path, params_path):
-        if not path.is_file():
-            raise FERError(f"{path} is missing: export the model first (ferlib.model.export_net)")
-    import warnings
-    with warnings.catch_warnings():
-        # SymbolBlock.imports warns about the (expected) missing input parameter.
-        warnings.simplefilter("ignore")
-        return nn.SymbolBlock.imports(str(symbol_path), ["data"], str(params_path), ctx=as_contexts(ctx))
+    """The exported network of ``run_dir`` as a ``SymbolBlock`` (input ``data``): see
+    :func:`ferlib.run.load_exported`. What evaluation and the model server use."""
+    return run.load_exported(run_dir, ctx=as_contexts(ctx))
 
 
 def describe(net, input_size=INPUT_SIZE):

@@ -57,7 +57,7 @@ import numpy as np
 
 from .errors import FERError
 from .labels import EMOTIONS, VOTE_COLUMNS, make_targets
-from .utils import atomic_write_bytes, atomic_write_json, file_sha256
+from .fileio import atomic_write_bytes, atomic_write_json, file_sha256
 
 #: Written beside the two files: their SHA-256, so that synth knows which files it may replace.
 OWN_FILES_RECORD = ".ferlib-synth.json"

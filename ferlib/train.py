@@ -49,7 +49,7 @@ from . import data as fer_data
 from . import labels as fer_labels
 from . import losses as fer_losses
 from . import model as fer_model
-from . import utils
+from . import fileio, run, utils
 from .errors import FERError
 from .labels import EMOTIONS
 from .transforms import INPUT_SIZE, preprocess
@@ -88,14 +88,6 @@ RECIPES = {
                       num_epochs=10),
 }
 
-CONFIG_FILE, HISTORY_JSON, HISTORY_CSV = "config.json", "history.json", "history.csv"
-BEST_PARAMS, BEST_JSON, LABELS_FILE = fer_model.RUN_PARAMS, "best.json", "labels.json"
-CHECKPOINT_PARAMS, CHECKPOINT_STATES, CHECKPOINT_JSON = "checkpoint.params", "checkpoint.states", "checkpoint.json"
-#: Held (``fcntl.flock``) by the process training in the folder; holds its pid.
-LOCK_FILE = "train.lock"
-#: Every file a training run writes into its folder (``evaluate --json`` must not replace them).
-RUN_FILES = (CONFIG_FILE, HISTORY_JSON, HISTORY_CSV, BEST_PARAMS, BEST_JSON, LABELS_FILE, CHECKPOINT_PARAMS,
-             CHECKPOINT_STATES, CHECKPOINT_JSON, fer_model.EXPORT_SYMBOL, fer_model.EXPORT_PARAMS, LOCK_FILE)
 #: A checkpoint file under its versioned name (see :func:`save_checkpoint`).
 _STAGED_CHECKPOINT = re.compile(r"checkpoint-\d+\.(params|states)")
 #: Settings that must not change when a run is resumed (num_epochs may grow).
@@ -380,14 +372,14 @@ def save_checkpoint(run_dir, net, trainer, info):
     :func:`settle_checkpoint` completes. An error while writing removes the new files.
     """
     run_dir = Path(run_dir)
-    staged = {CHECKPOINT_PARAMS: _staged_name(CHECKPOINT_PARAMS, info["epoch"]),
-              CHECKPOINT_STATES: _staged_name(CHECKPOINT_STATES, info["epoch"])}
+    staged = {run.CHECKPOINT_PARAMS: _staged_name(run.CHECKPOINT_PARAMS, info["epoch"]),
+              run.CHECKPOINT_STATES: _staged_name(run.CHECKPOINT_STATES, info["epoch"])}
     try:
-        for name, save in ((CHECKPOINT_PARAMS, net.save_parameters), (CHECKPOINT_STATES, trainer.save_states)):
+        for name, save in ((run.CHECKPOINT_PARAMS, net.save_parameters), (run.CHECKPOINT_STATES, trainer.save_states)):
             save(str(run_dir / staged[name]))
             _fsync_file(run_dir / staged[name])
-        hashes = {name: utils.file_sha256(run_dir / file) for name, file in staged.items()}
-        utils.atomic_write_json(run_dir / CHECKPOINT_JSON, {**info, "sha256": hashes, "staged": staged})
+        hashes = {name: fileio.file_sha256(run_dir / file) for name, file in staged.items()}
+        fileio.atomic_write_json(run_dir / run.CHECKPOINT_JSON, {**info, "sha256": hashes, "staged": staged})
     except BaseException:
         # Not committed: the previous checkpoint stands, these files are of no use.
         for file in staged.values():
@@ -414,7 +406,7 @@ def load_checkpoint(run_dir):
     dict has a ``files`` entry ``{final name: Path found}``.
     """
     run_dir = Path(run_dir)
-    path = run_dir / CHECKPOINT_JSON
+    path = run_dir / run.CHECKPOINT_JSON
     if not path.is_file():
         return None
     try:
@@ -424,14 +416,14 @@ def load_checkpoint(run_dir):
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise FERError(f"{path} is damaged ({e}); start the run again without --resume") from None
     info["files"] = {name: _find_checkpoint_file(run_dir, path, name, hashes.get(name), staged.get(name))
-                     for name in (CHECKPOINT_PARAMS, CHECKPOINT_STATES)}
+                     for name in (run.CHECKPOINT_PARAMS, run.CHECKPOINT_STATES)}
     return info
 
 
 def _find_checkpoint_file(run_dir, json_path, name, digest, staged):
     candidates = [run_dir / name] + ([run_dir / Path(staged).name] if staged else [])
     for file in candidates:
-        if file.is_file() and utils.file_sha256(file) == digest:
+        if file.is_file() and fileio.file_sha256(file) == digest:
             return file
     raise FERError(f"{run_dir / name} does not match {json_path} (the files of the checkpoint were changed "
                    "or lost); start the run again without --resume")
@@ -457,7 +449,7 @@ def remove_stale_files(run_dir):
     run_dir = Path(run_dir)
     for path in run_dir.iterdir():
         name = path.name
-        tmp = name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in RUN_FILES)
+        tmp = name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in run.TRAINING_FILES)
         if tmp or _STAGED_CHECKPOINT.fullmatch(name):
             path.unlink()
         elif name.startswith(".export-") and path.is_dir():
@@ -465,8 +457,8 @@ def remove_stale_files(run_dir):
 
 
 def is_run_file(name):
-    """True for the name of a file that training writes into a run folder (see :data:`RUN_FILES`)."""
-    return name in RUN_FILES or bool(_STAGED_CHECKPOINT.fullmatch(name))
+    """True for the name of a file that training writes into a run folder (see :data:`run.TRAINING_FILES`)."""
+    return name in run.TRAINING_FILES or bool(_STAGED_CHECKPOINT.fullmatch(name))
 
 
 @contextlib.contextmanager
@@ -482,11 +474,11 @@ def hold_run_lock(run_dir):
     FERError
         When another process holds the lock: the folder is being trained.
     """
-    path = Path(run_dir) / LOCK_FILE
+    path = Path(run_dir) / run.LOCK
     try:
         handle = open(path, "a+")
     except OSError as err:
-        raise FERError(f"cannot create the lock file {path}: {utils.os_reason(err)}") from None
+        raise FERError(f"cannot create the lock file {path}: {fileio.os_reason(err)}") from None
     with handle:
         _acquire(handle, run_dir)
         try:
@@ -507,7 +499,7 @@ def _acquire(handle, run_dir):
         raise FERError(f"{run_dir} is in use by another training process{by}; wait for it to end, "
                        "or stop it, before --resume or --overwrite") from None
     except OSError as err:
-        raise FERError(f"cannot lock {Path(run_dir) / LOCK_FILE}: {err.strerror}") from None
+        raise FERError(f"cannot lock {Path(run_dir) / run.LOCK}: {err.strerror}") from None
     handle.truncate(0)  # "a+": the write below then lands at the start
     handle.write(f"{os.getpid()}\n")
     handle.flush()
@@ -516,32 +508,32 @@ def _acquire(handle, run_dir):
 def write_history(run_dir, history):
     """``history.json`` (list of records) and ``history.csv`` (same columns), atomically."""
     run_dir = Path(run_dir)
-    utils.atomic_write_json(run_dir / HISTORY_JSON, history)
+    fileio.atomic_write_json(run_dir / run.HISTORY_JSON, history)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(HISTORY_KEYS), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
-    utils.atomic_write_bytes(run_dir / HISTORY_CSV, buffer.getvalue().encode("utf-8"))
+    fileio.atomic_write_bytes(run_dir / run.HISTORY_CSV, buffer.getvalue().encode("utf-8"))
 
 
 def read_history(run_dir):
     """The per-epoch records of a run folder (``history.json``)."""
-    path = Path(run_dir) / HISTORY_JSON
+    path = Path(run_dir) / run.HISTORY_JSON
     if not path.is_file():
         raise FERError(f"{path} is missing: {Path(run_dir)} is not a training run folder")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _run_exists(run_dir):
-    return any((run_dir / name).exists() for name in (CONFIG_FILE, CHECKPOINT_JSON, HISTORY_JSON))
+    return any((run_dir / name).exists() for name in (run.CONFIG, run.CHECKPOINT_JSON, run.HISTORY_JSON))
 
 
 def _clear_run(run_dir):
     """Remove the previous run of ``run_dir``: its files and the evaluations of its network."""
     from .evaluate import evaluation_outputs  # evaluate is not needed for training otherwise
 
-    for name in RUN_FILES:
-        if name != LOCK_FILE and (run_dir / name).exists():  # the lock is held by this run
+    for name in run.TRAINING_FILES:
+        if name != run.LOCK and (run_dir / name).exists():  # the lock is held by this run
             (run_dir / name).unlink()
     for path in evaluation_outputs(run_dir):
         path.unlink()
@@ -671,9 +663,9 @@ def _open_run_folder(run_dir, resume, overwrite, progress):
 
 def _check_resumed_settings(run_dir, config):
     """Refuse to resume ``run_dir`` with settings (:data:`RESUME_KEYS`) other than its own."""
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise FERError(f"{run_dir / CONFIG_FILE} is missing: cannot check the settings of the run to resume")
-    old = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    if not (run_dir / run.CONFIG).is_file():
+        raise FERError(f"{run_dir / run.CONFIG} is missing: cannot check the settings of the run to resume")
+    old = json.loads((run_dir / run.CONFIG).read_text(encoding="utf-8"))
     changed = [k for k in RESUME_KEYS if old.get(k) != config[k]]
     if changed:
         raise FERError(f"cannot resume {run_dir} with different settings: "
@@ -824,7 +816,7 @@ def train(data, out_dir, mode="crossentropy", model="vgg13", model_kwargs=None, 
     rank, num_machines = (kv.rank, kv.num_workers) if isinstance(kv, mx.kv.KVStore) else (0, 1)
     out_dir = Path(out_dir)
     run_dir = out_dir if rank == 0 else out_dir / "workers" / str(rank)
-    utils.ensure_dir(run_dir)
+    fileio.ensure_dir(run_dir)
     # Held to the end: no second process may write this folder meanwhile.
     with hold_run_lock(run_dir):
         checkpoint = _open_run_folder(run_dir, resume, overwrite, progress)
@@ -839,8 +831,8 @@ def train(data, out_dir, mode="crossentropy", model="vgg13", model_kwargs=None, 
         }
         if checkpoint is not None:
             _check_resumed_settings(run_dir, config)
-        utils.atomic_write_json(run_dir / CONFIG_FILE, config)
-        utils.atomic_write_json(run_dir / LABELS_FILE, list(EMOTIONS))
+        fileio.atomic_write_json(run_dir / run.CONFIG, config)
+        fileio.atomic_write_json(run_dir / run.LABELS, list(EMOTIONS))
 
         # ---- data: this machine's shard of train, all of val (majority labels)
         train_set = fer_data.FERPlusDataset(data, "train", mode, size=input_size, seed=seed)
@@ -861,8 +853,8 @@ def train(data, out_dir, mode="crossentropy", model="vgg13", model_kwargs=None, 
 
         history, best_epoch, best_val_acc, start_epoch = [], 0, -1.0, 0
         if checkpoint is not None:
-            net.load_parameters(str(run_dir / CHECKPOINT_PARAMS), ctx=ctx)
-            trainer.load_states(str(run_dir / CHECKPOINT_STATES))
+            net.load_parameters(str(run_dir / run.CHECKPOINT_PARAMS), ctx=ctx)
+            trainer.load_states(str(run_dir / run.CHECKPOINT_STATES))
             start_epoch = int(checkpoint["epoch"])
             history = read_history(run_dir)[:start_epoch]
             best_epoch, best_val_acc = int(checkpoint["best_epoch"]), float(checkpoint["best_val_acc"])
@@ -891,8 +883,8 @@ def train(data, out_dir, mode="crossentropy", model="vgg13", model_kwargs=None, 
             history.append(record)
             if record["val_acc"] > best_val_acc:
                 best_epoch, best_val_acc = record["epoch"], record["val_acc"]
-                utils.atomic_save(run_dir / BEST_PARAMS, net.save_parameters)
-                utils.atomic_write_json(run_dir / BEST_JSON, {"epoch": best_epoch, "val_acc": best_val_acc})
+                fileio.atomic_save(run_dir / run.BEST_PARAMS, net.save_parameters)
+                fileio.atomic_write_json(run_dir / run.BEST_JSON, {"epoch": best_epoch, "val_acc": best_val_acc})
             write_history(run_dir, history)
             save_checkpoint(run_dir, net, trainer, {"epoch": epoch + 1, "best_epoch": best_epoch,
                                                     "best_val_acc": best_val_acc})
@@ -903,8 +895,8 @@ def train(data, out_dir, mode="crossentropy", model="vgg13", model_kwargs=None, 
                 break
 
         # ---- export the best network for serving
-        if (run_dir / BEST_PARAMS).is_file():
-            net.load_parameters(str(run_dir / BEST_PARAMS), ctx=ctx)
+        if (run_dir / run.BEST_PARAMS).is_file():
+            net.load_parameters(str(run_dir / run.BEST_PARAMS), ctx=ctx)
             fer_model.export_net(net, run_dir, input_size)
         if progress:
             print(f"best validation accuracy {best_val_acc:.4f} at epoch {best_epoch}; run folder {run_dir}",

@@ -10,7 +10,7 @@ elsewhere except Python, MXNet, OpenCV and Pillow::
     serving.json                 input size, preprocessing, detector settings, request limits, run info
     fer_service.py               entry module: imports the handler below
     fer_runtime/                 ferlib's own files, copied unchanged at packaging time:
-        _mxnet_compat.py errors.py labels.py transforms.py serving/handler.py serving/faces.py
+        _mxnet_compat.py run.py errors.py labels.py transforms.py serving/handler.py serving/faces.py
 
 The copied ``ferlib`` files live in a package of their own name,
 ``fer_runtime``, so that the served code is the archive's even on a machine
@@ -26,7 +26,8 @@ from pathlib import Path
 
 from ..errors import FERError
 from ..labels import EMOTIONS
-from .handler import LABELS_FILE, PARAMS_FILE, SERVING_CONFIG_FILE, SYMBOL_FILE, FacePredictor, serving_settings
+from .. import run
+from .handler import FacePredictor, serving_settings
 
 #: Name of the copied package inside the archive, and of the entry module.
 RUNTIME_PACKAGE, ENTRY_MODULE = "fer_runtime", "fer_service"
@@ -34,6 +35,7 @@ HANDLER = f"{ENTRY_MODULE}:handle"
 #: ferlib files the handler imports, relative to the ferlib package, copied as they are.
 RUNTIME_FILES = (
     "_mxnet_compat.py",
+    "run.py",
     "errors.py",
     "labels.py",
     "transforms.py",
@@ -54,20 +56,10 @@ from {RUNTIME_PACKAGE}.serving.handler import handle  # noqa: F401
 '''
 
 
-def _read_run_config(run_dir):
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise FERError(f"{path} is missing: {run_dir} is not a training run folder")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise FERError(f"{path} is not valid JSON: {err}") from None
-
-
 def _run_summary(run_dir, config):
     summary = {key: config[key] for key in ("model", "model_kwargs", "mode", "input_size", "num_epochs",
                                             "ferlib_version") if key in config}
-    best = run_dir / "best.json"
+    best = run_dir / run.BEST_JSON
     if best.is_file():
         try:
             summary["best"] = json.loads(best.read_text(encoding="utf-8"))
@@ -82,25 +74,25 @@ def stage_archive(run_dir, stage_dir, version="1.0", detector=None, limits=None)
     run_dir, stage_dir = Path(run_dir), Path(stage_dir)
     if not run_dir.is_dir():
         raise FERError(f"run folder {run_dir} does not exist (train a model first, or check the path)")
-    config = _read_run_config(run_dir)
-    for name in (SYMBOL_FILE, PARAMS_FILE):
+    config = run.read_config(run_dir)
+    for name in (run.EXPORT_SYMBOL, run.EXPORT_PARAMS):
         if not (run_dir / name).is_file():
             raise FERError(f"{run_dir / name} is missing: the run has no exported network "
                            "(training exports the best epoch; or call ferlib.model.export_net)")
     emotions = list(config.get("emotions", EMOTIONS))
     if emotions != list(EMOTIONS):
-        raise FERError(f"{run_dir / 'config.json'}: emotions {emotions} are not ferlib's {list(EMOTIONS)}")
+        raise FERError(f"{run_dir / run.CONFIG}: emotions {emotions} are not ferlib's {list(EMOTIONS)}")
     if "input_size" not in config:
-        raise FERError(f"{run_dir / 'config.json'} lacks input_size")
+        raise FERError(f"{run_dir / run.CONFIG} lacks input_size")
     settings = serving_settings(config["input_size"], emotions, detector, limits)
     settings["model_version"] = str(version)
     settings["run"] = _run_summary(run_dir, config)
 
     stage_dir.mkdir(parents=True, exist_ok=True)
-    for name in (SYMBOL_FILE, PARAMS_FILE):
+    for name in (run.EXPORT_SYMBOL, run.EXPORT_PARAMS):
         shutil.copyfile(run_dir / name, stage_dir / name)
-    (stage_dir / LABELS_FILE).write_text(json.dumps(emotions) + "\n", encoding="utf-8")
-    (stage_dir / SERVING_CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    (stage_dir / run.LABELS).write_text(json.dumps(emotions) + "\n", encoding="utf-8")
+    (stage_dir / run.SERVING).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     runtime = stage_dir / RUNTIME_PACKAGE
     (runtime / "serving").mkdir(parents=True, exist_ok=True)
     for name in RUNTIME_FILES:
@@ -122,7 +114,7 @@ def _check_loads(stage_dir, run_dir):
         raise
     except Exception as err:
         detail = (str(err).strip().splitlines() or [""])[0][:300]
-        raise FERError(f"{run_dir / PARAMS_FILE} and {run_dir / SYMBOL_FILE} do not load as a network "
+        raise FERError(f"{run_dir / run.EXPORT_PARAMS} and {run_dir / run.EXPORT_SYMBOL} do not load as a network "
                        f"({type(err).__name__}: {detail}): the files are damaged or do not belong together; "
                        "export the run again") from None
 
@@ -196,7 +188,7 @@ def read_archive(mar_path):
     try:
         with zipfile.ZipFile(mar_path) as z:
             manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
-            settings = json.loads(z.read(SERVING_CONFIG_FILE))
+            settings = json.loads(z.read(run.SERVING))
             files = [(info.filename, info.file_size) for info in z.infolist()]
     except (zipfile.BadZipFile, KeyError, ValueError) as err:
         raise FERError(f"{mar_path} is not a model archive made by ferlib: {err}") from None

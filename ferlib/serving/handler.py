@@ -38,6 +38,7 @@ import time
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from .. import run
 from ..errors import FERError
 from ..labels import EMOTIONS
 from ..transforms import preprocess, to_grey_uint8
@@ -47,9 +48,6 @@ import mxnet as mx  # noqa: E402  (the package __init__ has restored numpy's ali
 
 logger = logging.getLogger(__name__)
 
-#: Files of a model directory (a run folder or an unpacked archive).
-SYMBOL_FILE, PARAMS_FILE = "model-symbol.json", "model-0000.params"
-LABELS_FILE, SERVING_CONFIG_FILE = "labels.json", "serving.json"
 
 #: Request limits (stored in the archive's serving.json).
 DEFAULT_LIMITS = {
@@ -225,33 +223,25 @@ class FacePredictor:
             return json.load(f)
 
     def _read_settings(self, overrides):
-        if os.path.isfile(self._path(SERVING_CONFIG_FILE)):
-            settings = self._read_json(SERVING_CONFIG_FILE)
-        elif os.path.isfile(self._path("config.json")):  # a training run folder
-            run = self._read_json("config.json")
-            settings = serving_settings(run["input_size"], run.get("emotions", EMOTIONS))
+        if os.path.isfile(self._path(run.SERVING)):
+            settings = self._read_json(run.SERVING)
+        elif os.path.isfile(self._path(run.CONFIG)):  # a training run folder
+            config = run.read_config(self.model_dir)
+            settings = serving_settings(config["input_size"], config.get("emotions", EMOTIONS))
         else:
-            raise FERError(f"{self.model_dir} has neither {SERVING_CONFIG_FILE} (a model archive) nor "
+            raise FERError(f"{self.model_dir} has neither {run.SERVING} (a model archive) nor "
                            "config.json (a training run folder)")
         for key, value in (overrides or {}).items():
             settings[key] = {**settings[key], **value} if isinstance(value, dict) else value
-        if os.path.isfile(self._path(LABELS_FILE)):
-            labels = self._read_json(LABELS_FILE)
+        if os.path.isfile(self._path(run.LABELS)):
+            labels = self._read_json(run.LABELS)
             if list(labels) != list(settings["emotions"]):
-                raise FERError(f"{self._path(LABELS_FILE)} lists {labels}, but the settings say "
+                raise FERError(f"{self._path(run.LABELS)} lists {labels}, but the settings say "
                                f"{settings['emotions']}")
         return settings
 
     def _load_net(self):
-        for name in (SYMBOL_FILE, PARAMS_FILE):
-            if not os.path.isfile(self._path(name)):
-                raise FERError(f"{self._path(name)} is missing: export the trained network first "
-                               "(training writes it; ferlib.model.export_net)")
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SymbolBlock warns about the input having no parameter
-            net = mx.gluon.nn.SymbolBlock.imports(self._path(SYMBOL_FILE), ["data"], self._path(PARAMS_FILE),
-                                                  ctx=self.ctx)
+        net = run.load_exported(self.model_dir, ctx=self.ctx)
         # Not static_alloc: batches come in every size, and static memory is planned
         # again for each new shape (4-6x slower per call when sizes vary, measured).
         net.hybridize()
