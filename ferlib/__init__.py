@@ -2,6 +2,7 @@
 
 One module per stage of the notebook series::
 
+    ferlib.formats     the layout of fer2013.csv and fer2013new.csv (48x48 faces, splits, headers)
     ferlib.data        read fer2013.csv / fer2013new.csv, the prepared cache, Gluon datasets
     ferlib.labels      the four FER+ label schemes (majority, probability, crossentropy, multi_target)
     ferlib.transforms  face crop, 64x64, augmentation and intensity normalisation
@@ -40,8 +41,8 @@ if _missing_cuda_libraries:
 
 #: Loaded on first access, so that ``import ferlib`` needs neither MXNet nor OpenCV.
 _LAZY_NAMES = {"EMOTIONS": "labels", "MODES": "labels", "VOTE_COLUMNS": "labels"}
-_SUBMODULES = ("cuda", "data", "demo", "evaluate", "export", "fileio", "install", "labels", "losses", "model",
-               "paths", "plots", "run", "serving", "synth", "train", "transforms", "utils")
+_SUBMODULES = ("cuda", "data", "demo", "evaluate", "export", "fileio", "formats", "install", "labels", "losses",
+               "model", "paths", "plots", "run", "serving", "synth", "train", "transforms", "utils")
 
 __all__ = ["EMOTIONS", "MODES", "VOTE_COLUMNS", "FERError", "__version__"]
 

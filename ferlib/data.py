@@ -29,20 +29,9 @@ from . import labels as fer_labels
 from .errors import DataFormatError, FERError
 from .transforms import FERPLUS_AUGMENTATION, INPUT_SIZE, preprocess
 from .fileio import atomic_save, atomic_write_json, ensure_dir
+from .formats import (FER2013_CLASSES, FER2013_HEADER, FERPLUS_HEADER, IMAGE_SIDE, PIXELS,  # noqa: F401
+                      SPLIT_OF_USAGE, SPLITS, USAGE_OF_SPLIT, USAGES)
 
-#: Usage values of the FER2013 file, in split order, and the FER+ split names.
-USAGES = ("Training", "PublicTest", "PrivateTest")
-SPLITS = ("train", "val", "test")
-SPLIT_OF_USAGE = dict(zip(USAGES, SPLITS))
-USAGE_OF_SPLIT = dict(zip(SPLITS, USAGES))
-
-FER2013_HEADER = ("emotion", "pixels", "Usage")
-FERPLUS_HEADER = ("Usage", "Image name") + fer_labels.VOTE_COLUMNS
-#: The original 7 FER2013 classes, in their code order.
-FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-
-IMAGE_SIDE = 48
-PIXELS = IMAGE_SIDE * IMAGE_SIDE
 CACHE_FILE = "ferplus.npz"
 SUMMARY_FILE = "summary.json"
 CACHE_VERSION = 1

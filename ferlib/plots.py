@@ -22,9 +22,9 @@ from matplotlib.ticker import PercentFormatter
 
 from .errors import FERError
 from .labels import EMOTIONS, NUM_CLASSES, VOTE_COLUMNS
+from .formats import SPLITS
 
 #: Split order of the data plots.
-SPLITS = ("train", "val", "test")
 #: One colour per split, per metric, and the crowd / model pair.
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 METRIC_COLOURS = {"precision": "tab:blue", "recall": "tab:orange", "f1": "tab:green"}

@@ -58,18 +58,15 @@ import numpy as np
 from .errors import FERError
 from .labels import EMOTIONS, VOTE_COLUMNS, make_targets
 from .fileio import atomic_write_bytes, atomic_write_json, file_sha256
+from .formats import FER2013_CLASSES, FER2013_HEADER, FERPLUS_HEADER, IMAGE_SIDE
 
 #: Written beside the two files: their SHA-256, so that synth knows which files it may replace.
 OWN_FILES_RECORD = ".ferlib-synth.json"
-#: Side of the FER2013 images.
-IMAGE_SIZE = 48
-#: Faces are drawn at this multiple of :data:`IMAGE_SIZE` and then shrunk.
+#: Faces are drawn at this multiple of the FER2013 side (:data:`IMAGE_SIDE`) and then shrunk.
 SUPERSAMPLE = 4
 #: Votes per row, as in FER+.
 NUM_VOTES = 10
 
-#: FER2013 class names, indexed by their code in fer2013.csv.
-FER2013_CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 #: FER2013 code of each FER+ emotion (contempt has none: see the module notes).
 FER2013_CODE = {
     "neutral": 6, "happiness": 3, "surprise": 5, "sadness": 4,
@@ -104,8 +101,6 @@ CONFUSABLE = {
 _UNKNOWN = VOTE_COLUMNS.index("unknown")
 _NOT_A_FACE = VOTE_COLUMNS.index("NF")
 _CLASS_INDEX = {name: i for i, name in enumerate(EMOTIONS)}
-_FERPLUS_HEADER = ["Usage", "Image name", *VOTE_COLUMNS]
-_FER_HEADER = ["emotion", "pixels", "Usage"]
 # str() of every grey level, to join 2304 of them per row quickly.
 _GREY_TEXT = [str(v) for v in range(256)]
 
@@ -375,7 +370,7 @@ def _draw_nose(face, nose, disgust, k, tone, skin_dark):
             face.line(_curve(side * half * 1.05, side * (half + 0.14), y - lift, y + 0.22, 0.0, 1.0, num=5), skin_dark, 0.03)
 
 
-def _render_face(emotion, rng, size=IMAGE_SIZE):
+def _render_face(emotion, rng, size=IMAGE_SIDE):
     """Draw one grey face showing ``emotion``; uint8 (size, size)."""
     big = size * SUPERSAMPLE
     k = rng.uniform(0.8, 1.2)  # expression strength
@@ -492,7 +487,7 @@ def _photograph(canvas, rng, size, shading=None):
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def _render_not_a_face(rng, size=IMAGE_SIZE):
+def _render_not_a_face(rng, size=IMAGE_SIDE):
     """A 48x48 image with no face: texture, noise, a grating or random shapes."""
     kind = rng.integers(0, 5)
     big = size * SUPERSAMPLE
@@ -624,7 +619,7 @@ def make_faces(n=4000, seed=0):
     num_not_faces = int(round(n * NOT_A_FACE_SHARE))
     drawn[rng.choice(n, size=num_not_faces, replace=False)] = -1
 
-    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    images = np.empty((n, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
     votes = np.empty((n, len(VOTE_COLUMNS)), dtype=np.int64)
     fer_emotion = np.empty(n, dtype=np.int64)
     names = []
@@ -685,7 +680,7 @@ def write_faces(faces, out_dir, overwrite=False):
     fer_rows = ((int(code), " ".join([_GREY_TEXT[v] for v in image.ravel().tolist()]), use)
                 for code, image, use in zip(faces.fer_emotion, faces.images, faces.usage))
     ferplus_rows = ((use, name, *row.tolist()) for use, name, row in zip(faces.usage, faces.names, faces.votes))
-    contents = {fer_path: _csv_bytes(_FER_HEADER, fer_rows), ferplus_path: _csv_bytes(_FERPLUS_HEADER, ferplus_rows)}
+    contents = {fer_path: _csv_bytes(FER2013_HEADER, fer_rows), ferplus_path: _csv_bytes(FERPLUS_HEADER, ferplus_rows)}
     if not overwrite:
         for path, data in contents.items():
             _check_replaceable(path, data)

@@ -32,7 +32,8 @@ from ferlib import model as fer_model
 from ferlib.serving import FacePredictor, RequestError, decode_image, package_run, read_archive
 from ferlib.serving import archive as fer_archive
 from ferlib.serving import handler as fer_handler
-from ferlib.serving.faces import FER_IMAGE_SIZE, clip_box, cut_face, fer_crop_box
+from ferlib.formats import IMAGE_SIDE
+from ferlib.serving.faces import clip_box, cut_face, fer_crop_box
 from ferlib.serving.handler import RequestError, to_grey
 from ferlib.transforms import to_grey_uint8
 
@@ -198,7 +199,7 @@ def test_cut_face_inside_equals_area_resize_and_outside_is_mirrored():
     inside = cut_face(grey, [20, 10, 96, 96])
     assert np.array_equal(inside, cv2.resize(grey[10:106, 20:116], (48, 48), interpolation=cv2.INTER_AREA))
     corner = cut_face(grey, [-10, -10, 60, 60])
-    assert corner.shape == (FER_IMAGE_SIZE, FER_IMAGE_SIZE)
+    assert corner.shape == (IMAGE_SIDE, IMAGE_SIDE)
     # The mirrored border repeats the image, so it matches the mirrored source.
     mirrored = cv2.copyMakeBorder(grey, 10, 0, 10, 0, cv2.BORDER_REFLECT)[:60, :60]
     assert np.array_equal(corner, cv2.resize(mirrored, (48, 48), interpolation=cv2.INTER_AREA))
@@ -221,7 +222,7 @@ def test_every_real_photo_has_a_face_inside_it(predictor):
             assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= width and y + h <= height, path.name
         areas = [w * h for _, _, w, h in boxes]
         assert areas == sorted(areas, reverse=True)
-        assert all(c.shape == (FER_IMAGE_SIZE, FER_IMAGE_SIZE) and c.dtype == np.uint8 for c in crops)
+        assert all(c.shape == (IMAGE_SIDE, IMAGE_SIDE) and c.dtype == np.uint8 for c in crops)
 
 
 def test_no_face_gives_an_empty_list(predictor):

@@ -10,7 +10,7 @@ elsewhere except Python, MXNet, OpenCV and Pillow::
     serving.json                 input size, preprocessing, detector settings, request limits, run info
     fer_service.py               entry module: imports the handler below
     fer_runtime/                 ferlib's own files, copied unchanged at packaging time:
-        _mxnet_compat.py run.py errors.py labels.py transforms.py serving/handler.py serving/faces.py
+        _mxnet_compat.py run.py formats.py errors.py labels.py transforms.py serving/handler.py serving/faces.py
 
 The copied ``ferlib`` files live in a package of their own name,
 ``fer_runtime``, so that the served code is the archive's even on a machine
@@ -36,6 +36,7 @@ HANDLER = f"{ENTRY_MODULE}:handle"
 RUNTIME_FILES = (
     "_mxnet_compat.py",
     "run.py",
+    "formats.py",
     "errors.py",
     "labels.py",
     "transforms.py",

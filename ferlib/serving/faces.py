@@ -22,8 +22,8 @@ import os
 import cv2
 import numpy as np
 
-#: Side of a FER2013 image: faces are cut out at this resolution.
-FER_IMAGE_SIZE = 48
+from ..formats import IMAGE_SIDE
+
 #: FER crop side / Haar box side, measured on FER2013 (see the module notes).
 FER_FRAMING = 1.185
 
@@ -121,7 +121,7 @@ def fer_crop_box(box, framing=FER_FRAMING):
     return np.array([x + w / 2.0 - side / 2.0, y + h / 2.0 - side / 2.0, side, side])
 
 
-def cut_face(grey, crop_box, size=FER_IMAGE_SIZE):
+def cut_face(grey, crop_box, size=IMAGE_SIDE):
     """The ``crop_box`` region of ``grey`` as a ``size`` x ``size`` uint8 image.
 
     Areas outside the image are filled by mirroring it (as the training warp
@@ -145,7 +145,7 @@ def cut_face(grey, crop_box, size=FER_IMAGE_SIZE):
     return cv2.resize(region, (size, size), interpolation=interpolation)
 
 
-def whole_image_face(grey, size=FER_IMAGE_SIZE):
+def whole_image_face(grey, size=IMAGE_SIDE):
     """The whole image as one face at FER resolution (an image that is already a crop)."""
     if grey.shape == (size, size):
         return grey

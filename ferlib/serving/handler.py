@@ -42,7 +42,8 @@ from .. import run
 from ..errors import FERError
 from ..labels import EMOTIONS
 from ..transforms import preprocess, to_grey_uint8
-from .faces import DEFAULT_DETECTOR, FER_IMAGE_SIZE, FaceDetector, clip_box, cut_face, fer_crop_box, whole_image_face
+from ..formats import IMAGE_SIDE
+from .faces import DEFAULT_DETECTOR, FaceDetector, clip_box, cut_face, fer_crop_box, whole_image_face
 
 import mxnet as mx  # noqa: E402  (the package __init__ has restored numpy's aliases)
 
@@ -175,7 +176,7 @@ def serving_settings(input_size, emotions=EMOTIONS, detector=None, limits=None):
         "emotions": list(emotions),
         "preprocessing": {
             "function": "ferlib.transforms.preprocess",
-            "face_resolution": FER_IMAGE_SIZE,
+            "face_resolution": IMAGE_SIDE,
             "grey": "ferlib.transforms.to_grey_uint8",
         },
         "detector": {**DEFAULT_DETECTOR, **(detector or {})},
