@@ -883,7 +883,8 @@ def add_commands(subparsers):
     p.add_argument("--tta", action="store_true", help="also with test-time augmentation (flip + shifted crops)")
     p.add_argument("--json", default=None, help="output JSON (default RUN/eval-SPLIT.json)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--gpus", default="cpu", help="'cpu' (default), '0' or '0,1'")
+    p.add_argument("--gpus", default=None, help="GPU ids such as 0 or 0,1, or 'cpu' (default: as train, "
+                                                "every GPU MXNet can use, else the CPU)")
     p.set_defaults(func=_evaluate_command)
 
 
