@@ -10,7 +10,8 @@ One module per stage of the notebook series::
     ferlib.model       the networks (get_model) and ferlib.losses their losses
     ferlib.train       the training loop and its recipes
     ferlib.evaluate    accuracy, the crowd, calibration, TTA, Grad-CAM; ferlib.plots draws them
-    ferlib.serving     the model archive, the Multi Model Server handler, the client
+    ferlib.serving     the model archive, the Multi Model Server handler, the front door, the client
+    ferlib.web         the web page for the model server (python -m ferlib web)
     ferlib.export      ONNX export
     ferlib.run         the run folder: its file names, its config, its exported network
     ferlib.fileio      files written atomically, path errors in plain words
@@ -42,7 +43,7 @@ if _missing_cuda_libraries:
 #: Loaded on first access, so that ``import ferlib`` needs neither MXNet nor OpenCV.
 _LAZY_NAMES = {"EMOTIONS": "labels", "MODES": "labels", "VOTE_COLUMNS": "labels"}
 _SUBMODULES = ("cuda", "data", "demo", "evaluate", "export", "fileio", "formats", "install", "labels", "losses",
-               "model", "paths", "plots", "run", "serving", "synth", "train", "transforms", "utils")
+               "model", "paths", "plots", "run", "serving", "synth", "train", "transforms", "utils", "web")
 
 __all__ = ["EMOTIONS", "MODES", "VOTE_COLUMNS", "FERError", "__version__"]
 

@@ -20,6 +20,7 @@ STAGE_MODULES = [
     "ferlib.train",
     "ferlib.evaluate",
     "ferlib.serving",
+    "ferlib.web",
     "ferlib.export",
 ]
 

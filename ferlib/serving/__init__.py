@@ -43,7 +43,7 @@ def _package_command(args):
 
 
 def add_commands(subparsers):
-    """The ``package`` and ``predict`` verbs of ``python -m ferlib``."""
+    """The ``package``, ``predict`` and ``serve`` verbs of ``python -m ferlib``."""
     from . import client
 
     p = subparsers.add_parser(

@@ -13,10 +13,15 @@ Sent straight to multi-model-server 1.1.11, some requests get answers no client 
 as ``application/octet-stream`` (multipart forms unchanged), and returns the answer with its
 ``Content-Type`` (which the handler cannot set: see ``handler.pad_for_mms_frame``). When the model
 server is down it answers 502 in words. ``python -m ferlib serve`` runs both.
+
+Given ``pages`` (``{path: (content_type, body, headers)}``), it also answers ``GET`` of those paths
+itself: ``python -m ferlib web`` serves its page that way, so the page and the predictions it asks for
+share one origin and multi-model-server needs no CORS settings (see :mod:`ferlib.web`).
 """
 import http.client
 import json
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -61,6 +66,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.verbose:
             super().log_message(format, *args)
 
+    def setup(self):
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            with self.server.connections_lock:
+                self.server.connections.discard(self.connection)
+
     # -- routes -------------------------------------------------------------------------------------
 
     def _is_prediction(self):
@@ -69,6 +86,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         path = urlsplit(self.path).path
+        page = self.server.pages.get(path)
+        if page is not None:
+            content_type, body, headers = page
+            return self._send(200, body, content_type, extra=headers)
         if path == "/ping":
             return self._forward(b"", None)
         if self._is_prediction():
@@ -146,14 +167,19 @@ class FrontDoor(ThreadingHTTPServer):
         Largest request body, in bytes.
     read_timeout : float
         Seconds a client may take to send a request before it is answered 408.
+    pages : dict, optional
+        ``{path: (content_type, body bytes, {header: value})}`` answered to ``GET path`` (a web page).
     """
 
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, backend, host="127.0.0.1", port=0, max_body=DEFAULT_MAX_BODY,
-                 read_timeout=DEFAULT_READ_TIMEOUT, backend_timeout=300, verbose=False):
+                 read_timeout=DEFAULT_READ_TIMEOUT, backend_timeout=300, verbose=False, pages=None):
         self.backend = backend.rstrip("/")
+        self.pages = dict(pages or {})
+        # Open client connections: stop() closes them, so that no kept-alive one is served afterwards.
+        self.connections, self.connections_lock = set(), threading.Lock()
         self.max_body, self.backend_timeout, self.verbose = int(max_body), backend_timeout, verbose
         handler = type("FrontHandler", (_Handler,), {"timeout": read_timeout})
         try:
@@ -161,6 +187,11 @@ class FrontDoor(ThreadingHTTPServer):
         except OSError as err:
             raise FERError(f"cannot listen on {host}:{port} ({err.strerror})") from None
         self._thread = None
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client went away (a closed page, a stopped webcam): nothing to answer
+        super().handle_error(request, client_address)
 
     @property
     def url(self):
@@ -175,6 +206,13 @@ class FrontDoor(ThreadingHTTPServer):
     def stop(self):
         self.shutdown()
         self.server_close()
+        with self.connections_lock:
+            connections = list(self.connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread is not None:
             self._thread.join(timeout=10)
 
