@@ -110,12 +110,10 @@ def run_demo(data_dir="data", out_dir="build/demo", synthetic_faces=4000, seed=0
     print(f"\nprepared {'real FER+' if is_real else 'synthetic'} data in {cache_dir}: {data!r}\n")
     print(fer_data.format_summary(data.summary()))
 
-    recipe = dict(train.RECIPES["cpu" if is_real else "synthetic"])
-    if num_epochs:
-        recipe["num_epochs"] = num_epochs
+    recipe = train.get_recipe("cpu" if is_real else "synthetic", **({"num_epochs": num_epochs} if num_epochs else {}))
     run_dir = Path(runs_dir) / ("demo-real" if is_real else "demo-synthetic")
-    print(f"\n== training {recipe['model']} ({recipe['num_epochs']} epochs, crossentropy) into {run_dir}")
-    result = train.train(cache_dir, run_dir, mode="crossentropy", seed=seed, overwrite=True, **recipe)
+    print(f"\n== training {recipe.model} ({recipe.num_epochs} epochs, crossentropy) into {run_dir}")
+    result = train.train(cache_dir, run_dir, recipe, mode="crossentropy", seed=seed, overwrite=True)
     print(f"best validation accuracy {result['best_val_acc']:.2%} at epoch {result['best_epoch']}")
 
     print(f"\n== evaluating {run_dir} on the test split (plain and test-time augmentation)")

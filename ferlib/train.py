@@ -32,6 +32,7 @@ The command line is ``python -m ferlib train`` (:func:`add_commands`).
 """
 import contextlib
 import copy
+import dataclasses
 import csv
 import fcntl
 import io
@@ -67,9 +68,51 @@ DEFAULT_NUM_EPOCHS = 100
 #: Columns of history.json / history.csv, one record per epoch.
 HISTORY_KEYS = ("epoch", "loss", "train_acc", "val_acc", "lr", "seconds", "images_per_sec")
 
-#: Ready-made settings, ``train(cache, out, mode=..., **RECIPES[name])``:
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What a training run learns with: the network, its input side and the SGD schedule.
+
+    The defaults are the FER+ paper's VGG13 recipe. Named recipes are in :data:`RECIPES`;
+    ``get_recipe("cpu", lr=0.01)`` is one with changes, ``train(data, out, recipe="cpu", lr=0.01)``
+    trains with it, and ``python -m ferlib train --recipe cpu --lr 0.01`` does the same.
+
+    Attributes
+    ----------
+    model, model_kwargs
+        A name of :func:`ferlib.model.get_model` and its options (e.g. ``{"width": 0.25}``).
+    input_size
+        Side of the network input in pixels (64 in the paper; 48 is faster).
+    num_epochs, batch_size, lr, momentum, wd
+        SGD settings. ``batch_size`` is per machine and split over its devices.
+    schedule, warmup_epochs, lr_steps
+        ``ferplus``: x1, x0.5 from ``lr_steps[0]``, x0.1 from ``lr_steps[1]``; ``cosine``: linear
+        warm-up over ``warmup_epochs`` (default a tenth of the epochs, at most 5), then cosine to 0.
+    """
+
+    model: str = "vgg13"
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    input_size: int = INPUT_SIZE
+    num_epochs: int = DEFAULT_NUM_EPOCHS
+    batch_size: int = 32
+    lr: float = 0.05
+    schedule: str = "ferplus"
+    warmup_epochs: int = None
+    lr_steps: tuple = FERPLUS_LR_STEPS
+    wd: float = 0.0
+    momentum: float = 0.9
+
+    def replace(self, **changes):
+        """This recipe with some settings changed; an unknown setting is a FERError listing them."""
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise FERError(f"a recipe has no setting {', '.join(unknown)}; its settings are: {', '.join(names)}")
+        return dataclasses.replace(self, **changes)
+
+
+#: The named recipes:
 #:
-#: * ``paper``: the FER+ paper's VGG13 recipe (the defaults of :func:`train`), for GPUs;
+#: * ``paper``: the FER+ paper's VGG13 recipe (the :class:`Recipe` defaults), for GPUs;
 #: * ``cpu``: the CPU recipe for the real data (vgg13_small at 48x48, no dropout after the
 #:   convolutions, cosine schedule; about 53 s per epoch on 2 idle cores, so 40 epochs in
 #:   about 36 minutes, inside the 75-minute budget; see the README's results table);
@@ -79,14 +122,22 @@ HISTORY_KEYS = ("epoch", "loss", "train_acc", "val_acc", "lr", "seconds", "image
 #: Narrow networks learn slowly with the paper's dropout after every block and its
 #: learning rate of 0.05, hence the differences.
 RECIPES = {
-    "paper": dict(model="vgg13", model_kwargs={}, input_size=64, batch_size=32, lr=0.05, schedule="ferplus",
-                  wd=0.0, momentum=0.9, num_epochs=100),
-    "cpu": dict(model="vgg13_small", model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.5}, input_size=48,
-                batch_size=32, lr=0.02, schedule="cosine", warmup_epochs=2, wd=5e-4, momentum=0.9, num_epochs=40),
-    "synthetic": dict(model="vgg13_small", model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.0}, input_size=48,
-                      batch_size=32, lr=0.02, schedule="cosine", warmup_epochs=1, wd=5e-4, momentum=0.9,
-                      num_epochs=10),
+    "paper": Recipe(),
+    "cpu": Recipe(model="vgg13_small", model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.5}, input_size=48,
+                  lr=0.02, schedule="cosine", warmup_epochs=2, wd=5e-4, num_epochs=40),
+    "synthetic": Recipe(model="vgg13_small", model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.0},
+                        input_size=48, lr=0.02, schedule="cosine", warmup_epochs=1, wd=5e-4, num_epochs=10),
 }
+
+
+def get_recipe(recipe="paper", **changes):
+    """A :class:`Recipe` by name (or as given), with ``changes``; a wrong name lists the valid ones."""
+    if not isinstance(recipe, Recipe):
+        if recipe not in RECIPES:
+            raise FERError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+        recipe = RECIPES[recipe]
+    return recipe.replace(**changes)
+
 
 #: A checkpoint file under its versioned name (see :func:`save_checkpoint`).
 _STAGED_CHECKPOINT = re.compile(r"checkpoint-\d+\.(params|states)")
@@ -719,10 +770,8 @@ def _epoch_seed(seed, epoch):
     return (seed * 100003 + epoch * 7919 + 1) % (2 ** 31)
 
 
-def train(data, out_dir, mode="crossentropy", model="vgg13", model_kwargs=None, num_epochs=DEFAULT_NUM_EPOCHS,
-          batch_size=32, lr=0.05, schedule="ferplus", wd=0.0, momentum=0.9, gpus=None, input_size=INPUT_SIZE,
-          seed=0, num_workers=0, resume=False, amp=False, progress=True, callback=None, warmup_epochs=None,
-          lr_steps=FERPLUS_LR_STEPS, kvstore=None, overwrite=False):
+def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0, num_workers=0, resume=False,
+          amp=False, progress=True, callback=None, kvstore=None, overwrite=False, **changes):
     """Train a FER+ network and write its run folder.
 
     Parameters
@@ -734,22 +783,14 @@ def train(data, out_dir, mode="crossentropy", model="vgg13", model_kwargs=None, 
         continued (``resume=True``) or replaced (``overwrite=True``, which also
         removes the evaluations of the old network). It is locked
         (``train.lock``) while this runs: a second training of it is refused.
+    recipe : str or Recipe
+        A name of :data:`RECIPES` or a :class:`Recipe`; ``changes`` (keyword
+        arguments named as its settings: ``lr=0.01``, ``num_epochs=5``...) alter it.
     mode : str
         Label scheme of the training loss (:data:`ferlib.MODES`). Validation
         always uses the majority label (the paper's protocol).
-    model : str
-        A name of :func:`ferlib.model.get_model`; ``model_kwargs`` are its options
-        (e.g. ``{"width": 0.25}``).
-    num_epochs, batch_size, lr, momentum, wd
-        SGD settings; the defaults are the paper's (100, 32, 0.05, 0.9, 0).
-        ``batch_size`` is per machine and split over its devices.
-    schedule : {"ferplus", "cosine"}
-        ``ferplus``: x1, x0.5 from ``lr_steps[0]``, x0.1 from ``lr_steps[1]``.
-        ``cosine``: linear warm-up over ``warmup_epochs`` then cosine to 0.
     gpus : str, Context or list of Context, optional
         ``"0,1"``, ``"cpu"``, ``"cpu:2"``...; ``None``: all GPUs, else the CPU.
-    input_size : int
-        Side of the network input (64 in the paper; 48 is faster).
     seed : int
         Seeds weights, dropout, augmentation and order: CPU runs repeat exactly.
     num_workers : int
@@ -781,6 +822,10 @@ def train(data, out_dir, mode="crossentropy", model="vgg13", model_kwargs=None, 
         that is in use.
     """
     # ---- check the request before any heavy work
+    recipe = get_recipe(recipe, **changes)
+    model, model_kwargs, input_size = recipe.model, dict(recipe.model_kwargs), recipe.input_size
+    num_epochs, batch_size, lr, schedule = recipe.num_epochs, recipe.batch_size, recipe.lr, recipe.schedule
+    warmup_epochs, lr_steps, wd, momentum = recipe.warmup_epochs, recipe.lr_steps, recipe.wd, recipe.momentum
     fer_labels.check_mode(mode)
     check_schedule(schedule)
     if model not in fer_model.list_models():
@@ -950,28 +995,31 @@ def add_commands(subparsers):
                     "run the same command with the DMLC_* variables set (see the README).")
     p.add_argument("--data", required=True, help="folder of a prepared cache (python -m ferlib prepare)")
     p.add_argument("--out", required=True, help="run folder, e.g. runs/vgg13-crossentropy")
+    p.add_argument("--recipe", default="paper", choices=list(RECIPES),
+                   help="named settings, changed by the options below (default: %(default)s, the FER+ paper's)")
     p.add_argument("--mode", default="crossentropy", help=f"label scheme: {', '.join(fer_labels.MODES)} (default: %(default)s)")
-    p.add_argument("--model", default="vgg13", help=f"network: {', '.join(fer_model.list_models())} (default: %(default)s)")
+    # Each setting below changes the recipe only when given (the recipe owns the defaults).
+    p.add_argument("--model", default=None, help=f"network: {', '.join(fer_model.list_models())}")
     p.add_argument("--width", type=float, default=None, help="channel multiplier of the vgg13 models")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                    help="BatchNorm after each convolution (vgg13 models; default: the model's)")
     p.add_argument("--conv-dropout", type=float, default=None,
-                   help="dropout after each pooling (vgg13 models; default 0.25, the paper's)")
+                   help="dropout after each pooling (vgg13 models; the paper's 0.25)")
     p.add_argument("--dense-dropout", type=float, default=None,
-                   help="dropout after each hidden dense layer (vgg13 models; default 0.5, the paper's)")
+                   help="dropout after each hidden dense layer (vgg13 models; the paper's 0.5)")
     p.add_argument("--pretrained", action="store_true", help="GluonCV backbones: start from ImageNet weights")
-    p.add_argument("--epochs", type=int, default=DEFAULT_NUM_EPOCHS, help="number of epochs (default: %(default)s, the paper's)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size per machine, split over its devices (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate (default: %(default)s)")
-    p.add_argument("--schedule", default="ferplus", choices=SCHEDULES,
-                   help="ferplus (default): x0.5 and x0.1 from the --lr-steps epochs; cosine: warm-up, then cosine to 0")
-    p.add_argument("--lr-steps", default="20,40", help="the two epochs of the ferplus schedule (default: %(default)s)")
-    p.add_argument("--warmup-epochs", type=int, default=None, help="cosine warm-up epochs (default: a tenth of --epochs, at most 5)")
-    p.add_argument("--wd", type=float, default=0.0, help="weight decay (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size per machine, split over its devices")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--schedule", default=None, choices=SCHEDULES,
+                   help="ferplus: x0.5 and x0.1 from the --lr-steps epochs; cosine: warm-up, then cosine to 0")
+    p.add_argument("--lr-steps", default=None, help="the two epochs of the ferplus schedule, e.g. 20,40")
+    p.add_argument("--warmup-epochs", type=int, default=None, help="cosine warm-up epochs (default: a tenth of the epochs, at most 5)")
+    p.add_argument("--wd", type=float, default=None, help="weight decay")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum")
+    p.add_argument("--input-size", type=int, default=None, help="network input side in pixels")
     p.add_argument("--gpus", default=None,
                    help="GPU ids such as 0,1; 'cpu'; 'cpu:N' for N CPU contexts; default: all GPUs, else CPU")
-    p.add_argument("--input-size", type=int, default=INPUT_SIZE, help="network input side in pixels (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed; CPU runs repeat exactly (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default: %(default)s)")
     p.add_argument("--kvstore", default=None, help="override the kvstore (local, device, dist_sync, ...)")
@@ -982,31 +1030,37 @@ def add_commands(subparsers):
     p.set_defaults(func=_train_command)
 
 
-def _train_command(args):
-    model_kwargs = {}
-    if args.width is not None:
-        model_kwargs["width"] = args.width
-    if args.batch_norm is not None:
-        model_kwargs["batch_norm"] = args.batch_norm
-    for option in ("conv_dropout", "dense_dropout"):
-        if getattr(args, option) is not None:
-            model_kwargs[option] = getattr(args, option)
+def recipe_from_args(args):
+    """The :class:`Recipe` the command line asks for: ``--recipe`` with the options given changed."""
+    base = get_recipe(args.recipe)
+    changes = {name: value for name, value in (
+        ("model", args.model), ("num_epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
+        ("schedule", args.schedule), ("warmup_epochs", args.warmup_epochs), ("wd", args.wd),
+        ("momentum", args.momentum), ("input_size", args.input_size)) if value is not None}
+    if args.lr_steps is not None:
+        try:
+            changes["lr_steps"] = tuple(int(s) for s in args.lr_steps.split(","))
+        except ValueError:
+            raise FERError(f"--lr-steps {args.lr_steps!r}: give two epochs such as 20,40") from None
+    model_kwargs = {} if "model" in changes and changes["model"] != base.model else dict(base.model_kwargs)
+    for option, value in (("width", args.width), ("batch_norm", args.batch_norm),
+                          ("conv_dropout", args.conv_dropout), ("dense_dropout", args.dense_dropout)):
+        if value is not None:
+            model_kwargs[option] = value
     if args.pretrained:
         model_kwargs["pretrained"] = True
-    try:
-        lr_steps = tuple(int(s) for s in args.lr_steps.split(","))
-    except ValueError:
-        raise FERError(f"--lr-steps {args.lr_steps!r}: give two epochs such as 20,40") from None
+    return base.replace(model_kwargs=model_kwargs, **changes)
+
+
+def _train_command(args):
+    recipe = recipe_from_args(args)
     ctx = get_contexts(args.gpus)
     gpus_found = utils.num_gpus()
     print(f"devices: {utils.describe_devices(ctx)}"
           + ("" if gpus_found or args.gpus not in (None, "", "auto") else " (no GPU found, using the CPU)"),
           flush=True)
-    result = train(args.data, args.out, mode=args.mode, model=args.model, model_kwargs=model_kwargs,
-                   num_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                   wd=args.wd, momentum=args.momentum, gpus=ctx, input_size=args.input_size, seed=args.seed,
-                   num_workers=args.workers, resume=args.resume, amp=args.amp, progress=not args.quiet,
-                   warmup_epochs=args.warmup_epochs, lr_steps=lr_steps, kvstore=args.kvstore,
+    result = train(args.data, args.out, recipe, mode=args.mode, gpus=ctx, seed=args.seed, num_workers=args.workers,
+                   resume=args.resume, amp=args.amp, progress=not args.quiet, kvstore=args.kvstore,
                    overwrite=args.overwrite)
     print(f"best validation accuracy {result['best_val_acc']:.4f} (epoch {result['best_epoch']}); "
           f"run folder: {result['run_dir']}")

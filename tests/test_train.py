@@ -248,8 +248,9 @@ def test_cli_trains_and_says_which_devices_it_used(synthetic_cache, tmp_path, ca
 
 
 def test_ferplus_schedule_is_the_papers():
-    assert {k: v for k, v in fer_train.RECIPES["paper"].items() if k != "model_kwargs"} == dict(
-        model="vgg13", input_size=64, batch_size=32, lr=0.05, schedule="ferplus", wd=0.0, momentum=0.9, num_epochs=100)
+    assert fer_train.RECIPES["paper"] == fer_train.Recipe(
+        model="vgg13", model_kwargs={}, input_size=64, batch_size=32, lr=0.05, schedule="ferplus", wd=0.0,
+        momentum=0.9, num_epochs=100, lr_steps=(20, 40))
     lr_at = fer_train.make_lr_schedule("ferplus", 0.05, 100, iters_per_epoch=10)
     assert [lr_at(e * 10) for e in (0, 19, 20, 39, 40, 99)] == pytest.approx([0.05, 0.05, 0.025, 0.025, 0.005, 0.005])
     assert lr_at(199) == 0.05 and lr_at(200) == 0.025  # changes at the first batch of epoch 20
@@ -305,9 +306,9 @@ def test_small_variant_learns_the_synthetic_set(learnable_cache, tmp_path):
     """The 'synthetic' recipe (vgg13_small at 48x48 without dropout): >= 90% validation accuracy
     (majority labels of PublicTest) within its 10 epochs; it stops at 95%."""
     recipe = fer_train.RECIPES["synthetic"]
-    assert recipe["model"] == "vgg13_small" and recipe["num_epochs"] == 10
-    result = fer_train.train(learnable_cache, tmp_path / "small", mode="crossentropy", gpus="cpu", progress=False,
-                             callback=lambda r: r["val_acc"] >= 0.95, **recipe)
+    assert recipe.model == "vgg13_small" and recipe.num_epochs == 10
+    result = fer_train.train(learnable_cache, tmp_path / "small", recipe, mode="crossentropy", gpus="cpu",
+                             progress=False, callback=lambda r: r["val_acc"] >= 0.95)
     history = result["history"]
     assert result["best_val_acc"] >= 0.90, history
     assert result["best_val_acc"] - history[0]["val_acc"] >= 0.2  # learned over the epochs, not at once
@@ -316,3 +317,30 @@ def test_small_variant_learns_the_synthetic_set(learnable_cache, tmp_path):
     inputs, labels = fer_train.split_inputs(data, "val", 48)
     exported = fer_model.load_exported(tmp_path / "small")
     assert fer_train.evaluate_accuracy(exported, inputs, labels, [mx.cpu()]) == pytest.approx(result["best_val_acc"])
+
+
+def test_recipes_are_named_settings_with_changes(synthetic_cache, tmp_path):
+    cpu = fer_train.get_recipe("cpu", lr=0.01)
+    assert cpu.lr == 0.01 and cpu.model == "vgg13_small" and fer_train.RECIPES["cpu"].lr == 0.02
+    with pytest.raises(FERError, match="unknown recipe 'fast'; choose one of: paper, cpu, synthetic"):
+        fer_train.get_recipe("fast")
+    with pytest.raises(FERError, match="no setting learning_rate; its settings are: model, model_kwargs"):
+        fer_train.get_recipe("cpu", learning_rate=0.1)
+    result = fer_train.train(synthetic_cache, tmp_path / "run", "synthetic", num_epochs=1, gpus="cpu", progress=False)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["lr"] == 0.02 and config["num_epochs"] == 1 and config["model"] == "vgg13_small"
+    assert result["config"]["schedule"] == "cosine"
+
+
+def test_the_command_line_changes_only_the_settings_it_is_given():
+    from ferlib.cli import build_parser
+
+    def recipe(*argv):
+        return fer_train.recipe_from_args(build_parser().parse_args(["train", "--data", "d", "--out", "o", *argv]))
+
+    assert recipe() == fer_train.RECIPES["paper"]
+    assert recipe("--recipe", "cpu") == fer_train.RECIPES["cpu"]
+    changed = recipe("--recipe", "cpu", "--lr", "0.01", "--dense-dropout", "0.3", "--lr-steps", "5,9")
+    assert changed == fer_train.RECIPES["cpu"].replace(lr=0.01, lr_steps=(5, 9),
+                                                       model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.3})
+    assert recipe("--recipe", "cpu", "--model", "vgg13").model_kwargs == {}  # another network: its own defaults
