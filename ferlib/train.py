@@ -1,15 +1,16 @@
 """Training: the FER+ networks on one or many GPUs (or the CPU), with checkpoints.
 
-:func:`train` runs the whole job and writes a run folder (``config.json``,
-``history.json`` / ``history.csv``, ``best.params``, ``checkpoint.*``, the
-exported ``model-symbol.json`` + ``model-0000.params`` and ``labels.json``)::
+:func:`train` runs the whole job with a :class:`Recipe` and writes a run folder
+(:mod:`ferlib.run`)::
 
-    result = train("build/cache", "runs/vgg13-ce", mode="crossentropy", model="vgg13")
+    result = train("build/cache", "runs/small-ce", "cpu", mode="crossentropy", lr=0.01)
     result["best_val_acc"], result["best_epoch"]
 
-The default is the FER+ paper's recipe (Barsoum et al. 2016): momentum SGD
-0.9, batch 32, learning rate 0.05, halved at epoch 20 and a tenth of it from
-epoch 40, 100 epochs, keeping the parameters of the best validation accuracy.
+Its loop is :func:`fit`, short enough to read in a notebook; :class:`_RunKeeper`
+writes the history, the best weights and the checkpoint after each epoch. The
+default recipe is the FER+ paper's (Barsoum et al. 2016): momentum SGD 0.9,
+batch 32, learning rate 0.05, halved at epoch 20 and a tenth of it from epoch
+40, 100 epochs, keeping the parameters of the best validation accuracy.
 
 How it works, d2l style:
 
@@ -32,8 +33,8 @@ The command line is ``python -m ferlib train`` (:func:`add_commands`).
 """
 import contextlib
 import copy
-import dataclasses
 import csv
+import dataclasses
 import fcntl
 import io
 import json
@@ -821,133 +822,181 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
         schedule, a GPU that does not exist, ``amp`` on CPU, or a run folder
         that is in use.
     """
-    # ---- check the request before any heavy work
-    recipe = get_recipe(recipe, **changes)
-    model, model_kwargs, input_size = recipe.model, dict(recipe.model_kwargs), recipe.input_size
-    num_epochs, batch_size, lr, schedule = recipe.num_epochs, recipe.batch_size, recipe.lr, recipe.schedule
-    warmup_epochs, lr_steps, wd, momentum = recipe.warmup_epochs, recipe.lr_steps, recipe.wd, recipe.momentum
+    recipe = _checked_recipe(get_recipe(recipe, **changes))
     fer_labels.check_mode(mode)
-    check_schedule(schedule)
-    if model not in fer_model.list_models():
-        raise FERError(f"unknown model {model!r}; choose one of: {', '.join(fer_model.list_models())}")
-    num_epochs = _check_positive("num_epochs", num_epochs)
-    batch_size = _check_positive("batch_size", batch_size)
-    lr = _check_positive("lr", lr, float)
-    input_size = _check_positive("input_size", input_size)
-    lr_steps = tuple(int(s) for s in lr_steps)
+    ctx = _checked_contexts(gpus, amp, recipe.batch_size)
+    data, data_name = _load_data(data)
+    if amp:
+        from mxnet.contrib import amp as mx_amp
+        mx_amp.init()  # before the network is built, as AMP requires
+    # Built before anything is written: a wrong model option fails with the list of valid ones.
+    net = build_net(recipe.model, recipe.model_kwargs, ctx, seed)
+    kv = make_kvstore(kvstore, ctx)
+    rank, num_machines = (kv.rank, kv.num_workers) if isinstance(kv, mx.kv.KVStore) else (0, 1)
+    run_dir = Path(out_dir) if rank == 0 else Path(out_dir) / "workers" / str(rank)
+    fileio.ensure_dir(run_dir)
+    with hold_run_lock(run_dir):  # held to the end: no second process may write this folder meanwhile
+        checkpoint = _open_run_folder(run_dir, resume, overwrite, progress)
+        config = _run_config(recipe, mode, seed, ctx, data_name, kv, num_machines)
+        if checkpoint is not None:
+            _check_resumed_settings(run_dir, config)
+        fileio.atomic_write_json(run_dir / run.CONFIG, config)
+        fileio.atomic_write_json(run_dir / run.LABELS, list(EMOTIONS))
+        train_set, val_data = _training_data(data, recipe, mode, seed, rank, num_machines)
+        iters_per_epoch = len(train_set) // recipe.batch_size  # the last partial batch is dropped
+        lr_at = make_lr_schedule(recipe.schedule, recipe.lr, recipe.num_epochs, iters_per_epoch,
+                                 recipe.warmup_epochs, recipe.lr_steps)
+        trainer = make_trainer(net, recipe.lr, recipe.momentum, recipe.wd, kv, amp)
+        keeper = _RunKeeper(run_dir, net, trainer, callback, progress)
+        start_epoch = keeper.resume(checkpoint, ctx)
+        share_initial_weights(trainer)
+        if progress:
+            _say_what_trains(recipe, mode, ctx, gpus, rank, num_machines, config, train_set, val_data, start_epoch)
+        train_iter = fer_data.make_loader(train_set, recipe.batch_size, shuffle=True, num_workers=num_workers,
+                                          last_batch="discard", seed=seed + 1000003 * rank,  # shards differ
+                                          start_epoch=start_epoch)
+        fit(net, train_iter, val_data, fer_losses.get_loss(mode), trainer, ctx, lr_at,
+            range(start_epoch, recipe.num_epochs), iters_per_epoch, recipe.batch_size * num_machines, seed=seed,
+            amp=amp, progress=progress, on_epoch=keeper)
+        keeper.export_best(ctx, recipe.input_size)
+        return {"run_dir": str(run_dir), "history": keeper.history, "best_epoch": keeper.best_epoch,
+                "best_val_acc": keeper.best_val_acc, "devices": [str(c) for c in ctx], "config": config,
+                "stopped_early": keeper.stopped_early and keeper.history[-1]["epoch"] < recipe.num_epochs}
+
+
+def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_per_epoch, step_size, seed=0,
+        amp=False, progress=True, on_epoch=None):
+    """The training loop, d2l style: each epoch one pass of SGD over ``train_iter``, with the learning
+    rate ``lr_at(step)``, then the accuracy on ``val_data`` (inputs, labels).
+
+    ``on_epoch(record)`` is called with each epoch's history record; when it returns True the loop
+    stops. Returns the records of the epochs run.
+    """
+    history = []
+    for epoch in epochs:
+        mx.random.seed(_epoch_seed(seed, epoch))  # dropout of epoch e always draws from the same stream
+        record = _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, epochs.stop, iters_per_epoch, lr_at,
+                              step_size, amp, progress)
+        record["val_acc"] = evaluate_accuracy(net, *val_data, ctx)
+        record["seconds"] = time.time() - record.pop("_start")
+        record = {key: record[key] for key in HISTORY_KEYS}
+        history.append(record)
+        if on_epoch is not None and on_epoch(record) is True:
+            break
+    return history
+
+
+def _checked_recipe(recipe):
+    """``recipe`` after checking every setting; the cosine warm-up filled in."""
+    check_schedule(recipe.schedule)
+    if recipe.model not in fer_model.list_models():
+        raise FERError(f"unknown model {recipe.model!r}; choose one of: {', '.join(fer_model.list_models())}")
+    for name in ("num_epochs", "batch_size", "input_size"):
+        _check_positive(name, getattr(recipe, name))
+    _check_positive("lr", recipe.lr, float)
+    lr_steps = tuple(int(s) for s in recipe.lr_steps)
     if len(lr_steps) != 2 or not 0 < lr_steps[0] <= lr_steps[1]:
         raise FERError(f"lr_steps must be two epochs, first <= second, got {lr_steps!r}")
-    if warmup_epochs is None:
-        warmup_epochs = default_warmup_epochs(num_epochs) if schedule == "cosine" else 0
+    warmup = recipe.warmup_epochs
+    if warmup is None:
+        warmup = default_warmup_epochs(recipe.num_epochs) if recipe.schedule == "cosine" else 0
+    model_kwargs = {"input_size": recipe.input_size, **recipe.model_kwargs}
+    if model_kwargs["input_size"] != recipe.input_size:
+        raise FERError(f"model_kwargs input_size {model_kwargs['input_size']} differs from input_size "
+                       f"{recipe.input_size}")
+    return recipe.replace(lr_steps=lr_steps, warmup_epochs=warmup, model_kwargs=model_kwargs,
+                          num_epochs=int(recipe.num_epochs), batch_size=int(recipe.batch_size),
+                          input_size=int(recipe.input_size), lr=float(recipe.lr))
+
+
+def _checked_contexts(gpus, amp, batch_size):
     ctx = get_contexts(gpus)
     if amp and any(c.device_type != "gpu" for c in ctx):
         raise FERError("mixed precision (amp) needs GPUs: float16 training is not supported on CPU; "
                        "drop --amp or choose GPUs with --gpus")
     if batch_size < len(ctx):
         raise FERError(f"batch_size {batch_size} is smaller than the {len(ctx)} devices it is split over")
-    model_kwargs = dict(model_kwargs or {})
-    model_kwargs.setdefault("input_size", input_size)
-    if model_kwargs["input_size"] != input_size:
-        raise FERError(f"model_kwargs input_size {model_kwargs['input_size']} differs from input_size {input_size}")
-    data, data_name = _load_data(data)
-    if amp:
-        from mxnet.contrib import amp as mx_amp
-        mx_amp.init()  # before the network is built, as AMP requires
-    # Built before anything is written: a wrong model option fails with the list of valid ones.
-    net = build_net(model, model_kwargs, ctx, seed)
+    return ctx
 
-    # ---- devices, machines and the run folder of this process
-    kv = make_kvstore(kvstore, ctx)
-    rank, num_machines = (kv.rank, kv.num_workers) if isinstance(kv, mx.kv.KVStore) else (0, 1)
-    out_dir = Path(out_dir)
-    run_dir = out_dir if rank == 0 else out_dir / "workers" / str(rank)
-    fileio.ensure_dir(run_dir)
-    # Held to the end: no second process may write this folder meanwhile.
-    with hold_run_lock(run_dir):
-        checkpoint = _open_run_folder(run_dir, resume, overwrite, progress)
 
-        config = {
-            "model": model, "model_kwargs": model_kwargs, "mode": mode, "input_size": input_size,
-            "emotions": list(EMOTIONS), "num_epochs": num_epochs, "batch_size": batch_size, "lr": lr,
-            "schedule": schedule, "warmup_epochs": warmup_epochs, "lr_steps": list(lr_steps), "wd": wd,
-            "momentum": momentum, "seed": seed, "devices": [str(c) for c in ctx], "data": data_name,
-            "kvstore": kv.type if isinstance(kv, mx.kv.KVStore) else kv, "workers": num_machines,
-            "ferlib_version": __version__,
-        }
-        if checkpoint is not None:
-            _check_resumed_settings(run_dir, config)
-        fileio.atomic_write_json(run_dir / run.CONFIG, config)
-        fileio.atomic_write_json(run_dir / run.LABELS, list(EMOTIONS))
+def _run_config(recipe, mode, seed, ctx, data_name, kv, num_machines):
+    """The run's ``config.json``: the recipe and where it ran."""
+    return {
+        "model": recipe.model, "model_kwargs": recipe.model_kwargs, "mode": mode, "input_size": recipe.input_size,
+        "emotions": list(EMOTIONS), "num_epochs": recipe.num_epochs, "batch_size": recipe.batch_size,
+        "lr": recipe.lr, "schedule": recipe.schedule, "warmup_epochs": recipe.warmup_epochs,
+        "lr_steps": list(recipe.lr_steps), "wd": recipe.wd, "momentum": recipe.momentum, "seed": seed,
+        "devices": [str(c) for c in ctx], "data": data_name,
+        "kvstore": kv.type if isinstance(kv, mx.kv.KVStore) else kv, "workers": num_machines,
+        "ferlib_version": __version__,
+    }
 
-        # ---- data: this machine's shard of train, all of val (majority labels)
-        train_set = fer_data.FERPlusDataset(data, "train", mode, size=input_size, seed=seed)
-        if len(train_set) < batch_size * num_machines:
-            raise FERError(f"the training split has {len(train_set)} faces in mode {mode!r}, "
-                           f"fewer than one batch of {batch_size}" + (f" per worker ({num_machines})"
-                                                                     if num_machines > 1 else ""))
-        train_set = _shard(train_set, rank, num_machines)
-        val_inputs, val_labels = split_inputs(data, "val", input_size)
-        if len(val_labels) == 0:
-            raise FERError("the validation split (PublicTest rows) has no faces with a majority label")
-        iters_per_epoch = len(train_set) // batch_size  # the last partial batch is dropped
-        lr_at = make_lr_schedule(schedule, lr, num_epochs, iters_per_epoch, warmup_epochs, lr_steps)
 
-        # ---- trainer (the network was built above)
-        trainer = make_trainer(net, lr, momentum, wd, kv, amp)
-        loss_fn = fer_losses.get_loss(mode)
+def _training_data(data, recipe, mode, seed, rank, num_machines):
+    """This machine's share of the training set, and the validation faces with a majority label."""
+    train_set = fer_data.FERPlusDataset(data, "train", mode, size=recipe.input_size, seed=seed)
+    if len(train_set) < recipe.batch_size * num_machines:
+        raise FERError(f"the training split has {len(train_set)} faces in mode {mode!r}, fewer than one batch "
+                       f"of {recipe.batch_size}" + (f" per worker ({num_machines})" if num_machines > 1 else ""))
+    val_inputs, val_labels = split_inputs(data, "val", recipe.input_size)
+    if len(val_labels) == 0:
+        raise FERError("the validation split (PublicTest rows) has no faces with a majority label")
+    return _shard(train_set, rank, num_machines), (val_inputs, val_labels)
 
-        history, best_epoch, best_val_acc, start_epoch = [], 0, -1.0, 0
-        if checkpoint is not None:
-            net.load_parameters(str(run_dir / run.CHECKPOINT_PARAMS), ctx=ctx)
-            trainer.load_states(str(run_dir / run.CHECKPOINT_STATES))
-            start_epoch = int(checkpoint["epoch"])
-            history = read_history(run_dir)[:start_epoch]
-            best_epoch, best_val_acc = int(checkpoint["best_epoch"]), float(checkpoint["best_val_acc"])
-        share_initial_weights(trainer)
 
-        if progress:
-            where = utils.describe_devices(ctx)
-            if ctx[0].device_type == "cpu" and utils.num_gpus() == 0 and gpus in (None, "", "auto"):
-                where += " (no GPU found)"
-            machine = f", worker {rank + 1} of {num_machines} ({config['kvstore']})" if num_machines > 1 else ""
-            print(f"training {model} ({mode}) on {where}{machine}: {len(train_set)} training faces, "
-                  f"{len(val_labels)} validation faces, epochs {start_epoch + 1}..{num_epochs}"
-                  + (f" (resumed after epoch {start_epoch})" if start_epoch else ""), flush=True)
+def _say_what_trains(recipe, mode, ctx, gpus, rank, num_machines, config, train_set, val_data, start_epoch):
+    where = utils.describe_devices(ctx)
+    if ctx[0].device_type == "cpu" and utils.num_gpus() == 0 and gpus in (None, "", "auto"):
+        where += " (no GPU found)"
+    machine = f", worker {rank + 1} of {num_machines} ({config['kvstore']})" if num_machines > 1 else ""
+    print(f"training {recipe.model} ({mode}) on {where}{machine}: {len(train_set)} training faces, "
+          f"{len(val_data[1])} validation faces, epochs {start_epoch + 1}..{recipe.num_epochs}"
+          + (f" (resumed after epoch {start_epoch})" if start_epoch else ""), flush=True)
 
-        loader_seed = seed + 1000003 * rank  # machines shuffle their shards differently
-        train_iter = fer_data.make_loader(train_set, batch_size, shuffle=True, num_workers=num_workers,
-                                          last_batch="discard", seed=loader_seed, start_epoch=start_epoch)
-        stopped_early = False
-        for epoch in range(start_epoch, num_epochs):
-            mx.random.seed(_epoch_seed(seed, epoch))
-            record = _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, num_epochs, iters_per_epoch,
-                                  lr_at, batch_size * num_machines, amp, progress)
-            record["val_acc"] = evaluate_accuracy(net, val_inputs, val_labels, ctx)
-            record["seconds"] = time.time() - record.pop("_start")
-            record = {key: record[key] for key in HISTORY_KEYS}
-            history.append(record)
-            if record["val_acc"] > best_val_acc:
-                best_epoch, best_val_acc = record["epoch"], record["val_acc"]
-                fileio.atomic_save(run_dir / run.BEST_PARAMS, net.save_parameters)
-                fileio.atomic_write_json(run_dir / run.BEST_JSON, {"epoch": best_epoch, "val_acc": best_val_acc})
-            write_history(run_dir, history)
-            save_checkpoint(run_dir, net, trainer, {"epoch": epoch + 1, "best_epoch": best_epoch,
-                                                    "best_val_acc": best_val_acc})
-            if progress:
-                print(format_record(record) + (" *" if best_epoch == record["epoch"] else ""), flush=True)
-            if callback is not None and callback(record) is True:
-                stopped_early = epoch + 1 < num_epochs
-                break
 
-        # ---- export the best network for serving
-        if (run_dir / run.BEST_PARAMS).is_file():
-            net.load_parameters(str(run_dir / run.BEST_PARAMS), ctx=ctx)
-            fer_model.export_net(net, run_dir, input_size)
-        if progress:
-            print(f"best validation accuracy {best_val_acc:.4f} at epoch {best_epoch}; run folder {run_dir}",
-                  flush=True)
-        return {"run_dir": str(run_dir), "history": history, "best_epoch": best_epoch, "best_val_acc": best_val_acc,
-                "devices": [str(c) for c in ctx], "config": config, "stopped_early": stopped_early}
+class _RunKeeper:
+    """What :func:`train` keeps in the run folder after each epoch of :func:`fit`: the history, the
+    best epoch's weights and the checkpoint; then the user's callback decides whether to go on."""
+
+    def __init__(self, run_dir, net, trainer, callback=None, progress=True):
+        self.run_dir, self.net, self.trainer = run_dir, net, trainer
+        self.callback, self.progress = callback, progress
+        self.history, self.best_epoch, self.best_val_acc, self.stopped_early = [], 0, -1.0, False
+
+    def resume(self, checkpoint, ctx):
+        """Load a checkpoint (weights, optimizer, history, best epoch); returns the epoch to start from."""
+        if checkpoint is None:
+            return 0
+        self.net.load_parameters(str(self.run_dir / run.CHECKPOINT_PARAMS), ctx=ctx)
+        self.trainer.load_states(str(self.run_dir / run.CHECKPOINT_STATES))
+        start_epoch = int(checkpoint["epoch"])
+        self.history = read_history(self.run_dir)[:start_epoch]
+        self.best_epoch, self.best_val_acc = int(checkpoint["best_epoch"]), float(checkpoint["best_val_acc"])
+        return start_epoch
+
+    def __call__(self, record):
+        self.history.append(record)
+        if record["val_acc"] > self.best_val_acc:
+            self.best_epoch, self.best_val_acc = record["epoch"], record["val_acc"]
+            fileio.atomic_save(self.run_dir / run.BEST_PARAMS, self.net.save_parameters)
+            fileio.atomic_write_json(self.run_dir / run.BEST_JSON, {"epoch": self.best_epoch,
+                                                                    "val_acc": self.best_val_acc})
+        write_history(self.run_dir, self.history)
+        save_checkpoint(self.run_dir, self.net, self.trainer, {"epoch": record["epoch"], "best_epoch": self.best_epoch,
+                                                               "best_val_acc": self.best_val_acc})
+        if self.progress:
+            print(format_record(record) + (" *" if self.best_epoch == record["epoch"] else ""), flush=True)
+        self.stopped_early = self.callback is not None and self.callback(record) is True
+        return self.stopped_early
+
+    def export_best(self, ctx, input_size):
+        """Export the best epoch's network for serving (model-symbol.json, model-0000.params)."""
+        if (self.run_dir / run.BEST_PARAMS).is_file():
+            self.net.load_parameters(str(self.run_dir / run.BEST_PARAMS), ctx=ctx)
+            fer_model.export_net(self.net, self.run_dir, input_size)
+        if self.progress:
+            print(f"best validation accuracy {self.best_val_acc:.4f} at epoch {self.best_epoch}; "
+                  f"run folder {self.run_dir}", flush=True)
 
 
 def _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, num_epochs, iters_per_epoch, lr_at,
