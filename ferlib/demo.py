@@ -4,6 +4,7 @@ Uses the real FER+ files when ``fer2013.csv`` (or ``.csv.gz`` / Kaggle's
 ``fer2013.tar.gz``) and ``fer2013new.csv`` are in the data folder, otherwise
 the built-in synthetic set, which it generates first.
 """
+import io
 from pathlib import Path
 
 from . import data as fer_data
@@ -103,7 +104,6 @@ def run_demo(data_dir="data", out_dir="build/demo", synthetic_faces=4000, seed=0
     and 04 on this run.
     """
     from . import evaluate, train
-    from .serving.demo import serve_demo
 
     out_dir = Path(out_dir)
     cache_dir, data, is_real = prepare_inputs(data_dir, out_dir, synthetic_faces, seed)
@@ -127,6 +127,57 @@ def run_demo(data_dir="data", out_dir="build/demo", synthetic_faces=4000, seed=0
         print(f"\n== executing the notebooks of {notebook_dir} into {notebook_out}")
         run_notebooks(notebook_dir, notebook_out, run_dir, cache_dir, quick=True, extra=notebook_extra)
     return 0
+
+
+def serve_demo(run_dir, model_store="model_store", image=None, draw=None, version="1.0"):
+    """Build ``model_store/fer.mar`` from ``run_dir``, serve it, ask it about one image, stop it.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A training run folder.
+    model_store : str or Path
+        Where the archive goes (``fer.mar``).
+    image : str or Path, optional
+        A photo to send (faces are detected). Default: a synthetic test face
+        sent with the whole-image option, since the project ships no photographs.
+    draw : str or Path, optional
+        Write the image with the answer drawn on it here.
+
+    Returns
+    -------
+    dict
+        The server's answer.
+    """
+    from .errors import FERError
+    from .serving import ModelServer, draw_faces, format_answer, package_run, predict_url
+    from .serving.server import port_is_free
+
+    mar = package_run(run_dir, Path(model_store) / "fer.mar", version=version)
+    if image is not None:
+        body, whole_image, name = Path(image).read_bytes(), False, str(image)
+    else:
+        from PIL import Image
+
+        from .synth import make_faces
+
+        buffer = io.BytesIO()
+        Image.fromarray(make_faces(1, seed=1).images[0]).save(buffer, format="PNG")
+        body, whole_image, name = buffer.getvalue(), True, "a synthetic 48x48 face (whole-image option)"
+    # The configured port if it is free, else a free one (another server may be running).
+    server = ModelServer(mar.parent, models={"fer": mar.name},
+                         inference_port=None if port_is_free(8080) else "free")
+    print(f"starting multi-model-server on {server.inference_url} ...", flush=True)
+    with server:
+        [(status, answer)] = predict_url([body], server.inference_url, "fer", whole_image)
+        print(format_answer(name, status, answer))
+    print("server stopped")
+    if status != 200:
+        raise FERError(f"the server answered {status}: {answer.get('message', answer)}")
+    if draw:
+        draw_faces(body, answer["faces"], draw)
+        print(f"drew {draw}")
+    return answer
 
 
 def add_commands(subparsers):

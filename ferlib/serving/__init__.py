@@ -16,7 +16,6 @@
 * :mod:`.server` -- :class:`ModelServer`: start and stop a server from Python (notebook, tests, bench);
 * :mod:`.front` -- :class:`FrontDoor`: answers in JSON what multi-model-server answers badly;
   ``python -m ferlib serve`` runs both;
-* :mod:`.demo` -- :func:`~.demo.serve_demo`, the serving end of ``make demo``.
 """
 from .archive import package_run, read_archive
 from .client import draw_faces, format_answer, predict_local, predict_url
