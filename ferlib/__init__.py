@@ -9,7 +9,10 @@ One module per stage of the notebook series::
     ferlib.synth       the built-in synthetic FER-format dataset
     ferlib.model       the networks (get_model) and ferlib.losses their losses
     ferlib.train       the training loop and its recipes
-    ferlib.evaluate    accuracy, the crowd, calibration, TTA, Grad-CAM; ferlib.plots draws them
+    ferlib.predict     the one prediction path (validation and evaluation), test-time views
+    ferlib.metrics     accuracy, the crowd, calibration: pure functions of probabilities
+    ferlib.evaluate    a run judged on a split: every figure to JSON, and the report
+    ferlib.saliency    Grad-CAM; ferlib.plots draws all of these
     ferlib.serving     the model archive, the Multi Model Server handler, the front door, the client
     ferlib.web         the web page for the model server (python -m ferlib web)
     ferlib.export      ONNX export
@@ -43,7 +46,8 @@ if _missing_cuda_libraries:
 #: Loaded on first access, so that ``import ferlib`` needs neither MXNet nor OpenCV.
 _LAZY_NAMES = {"EMOTIONS": "labels", "MODES": "labels", "VOTE_COLUMNS": "labels"}
 _SUBMODULES = ("cuda", "data", "demo", "evaluate", "export", "fileio", "formats", "install", "labels", "losses",
-               "model", "paths", "plots", "run", "serving", "synth", "train", "transforms", "utils", "web")
+               "metrics", "model", "paths", "plots", "predict", "run", "saliency", "serving", "synth", "train",
+               "transforms", "utils", "web")
 
 __all__ = ["EMOTIONS", "MODES", "VOTE_COLUMNS", "FERError", "__version__"]
 

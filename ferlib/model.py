@@ -148,6 +148,15 @@ class VGG13(nn.HybridBlock):
     def hybrid_forward(self, F, x):
         return self.output(self.classifier(self.features(x)))
 
+    def saliency_split(self):
+        """``(body, head)`` for Grad-CAM: ``body(x)`` is the ReLU after the last convolution
+        (before the last pooling: 8x8 at a 64 input), ``head(body(x))`` the logits."""
+        layers = list(self.features._children.values())
+        last_conv = max(i for i, layer in enumerate(layers) if isinstance(layer, nn.Conv2D))
+        end = next(i for i in range(last_conv, len(layers)) if isinstance(layers[i], nn.Activation))
+        body, head = layers[:end + 1], _head_layers(layers[end + 1:] + [self.classifier, self.output])
+        return (lambda x: _run_layers(body, x)), (lambda a: _run_layers(head, a))
+
 
 # --------------------------------------------------------------------------
 # GluonCV backbones: grey 1-channel stem, ``classes`` outputs.
@@ -367,6 +376,63 @@ def get_model(name, **kwargs):
     if unknown:
         raise FERError(f"model {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(allowed)}")
     return _MODELS[name](**kwargs)
+
+
+# --------------------------------------------------------------------------
+# Saliency: where each network's last convolution block ends
+
+def _run_layers(layers, x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def _head_layers(blocks):
+    """The layers of ``blocks`` in order, containers opened, Dropout left out.
+
+    The head is differentiated in training mode (see :func:`class_activation_gradients`),
+    so it must not hold BatchNorm, which would then use batch statistics.
+    """
+    layers = []
+    for block in blocks:
+        if isinstance(block, (nn.HybridSequential, nn.Sequential)):
+            layers += _head_layers(block._children.values())
+        elif isinstance(block, nn.Dropout):
+            continue  # identity at prediction
+        elif isinstance(block, nn.BatchNorm):
+            raise FERError("Grad-CAM: the layers after the last convolution block hold a BatchNorm")
+        else:
+            layers.append(block)
+    return layers
+
+
+def saliency_split(net):
+    """Split ``net`` into ``(body, head)`` at the output of its last convolution block, for Grad-CAM.
+
+    ``head(body(x))`` equals ``net(x)`` at prediction (the head leaves out
+    Dropout); ``body(x)`` is the activation map Grad-CAM weighs: for
+    :class:`ferlib.model.VGG13` the ReLU after the last convolution (before
+    the last pooling: 8x8 at a 64 input), for GluonCV ResNetV1b the output of
+    ``layer4``, for MobileNetV2 the last feature map before global pooling.
+    """
+    if isinstance(net, VGG13):
+        return net.saliency_split()
+    try:
+        from gluoncv.model_zoo.mobilenet import MobileNetV2
+        from gluoncv.model_zoo.resnetv1b import ResNetV1b
+    except ImportError:  # pragma: no cover - gluoncv is a dependency
+        ResNetV1b = MobileNetV2 = ()
+    if isinstance(net, ResNetV1b):
+        body = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4]
+        head = _head_layers([net.avgpool, net.flat, net.fc])
+        return (lambda x: _run_layers(body, x)), (lambda a: _run_layers(head, a))
+    if isinstance(net, MobileNetV2):
+        layers = list(net.features._children.values())
+        pool = max(i for i, layer in enumerate(layers) if isinstance(layer, nn.GlobalAvgPool2D))
+        body, head = layers[:pool], _head_layers(layers[pool:] + [net.output])
+        return (lambda x: _run_layers(body, x)), (lambda a: _run_layers(head, a))
+    raise FERError(f"Grad-CAM does not know where the last convolution block of {type(net).__name__} ends "
+                   "(supported: ferlib VGG13, GluonCV ResNetV1b and MobileNetV2)")
 
 
 # --------------------------------------------------------------------------

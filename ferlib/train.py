@@ -53,8 +53,9 @@ from . import losses as fer_losses
 from . import model as fer_model
 from . import fileio, run, utils
 from .errors import FERError
+from .predict import majority_faces, validation_accuracy
 from .labels import EMOTIONS
-from .transforms import INPUT_SIZE, preprocess
+from .transforms import INPUT_SIZE
 
 import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
 from mxnet import autograd, gluon  # noqa: E402
@@ -347,42 +348,6 @@ def _num_correct(logits, target):
     pred = logits.argmax(axis=1)
     picked = mx.nd.pick(target, pred, axis=1)
     return (picked >= target.max(axis=1)).sum()
-
-
-def predict_logits(net, inputs, ctx, batch_size=256):
-    """Logits of ``net`` for preprocessed inputs (numpy (N, 1, S, S)), as numpy (N, classes)."""
-    ctx = get_contexts(ctx)
-    outputs = []
-    for start in range(0, len(inputs), batch_size):
-        batch = mx.nd.array(inputs[start:start + batch_size], ctx=ctx[0])
-        # Fewer slices than devices when the last batch is smaller than the device count.
-        parts = gluon.utils.split_and_load(batch, ctx[:min(len(ctx), batch.shape[0])], even_split=False)
-        outputs.extend(net(x).asnumpy() for x in parts)
-    return np.concatenate(outputs) if outputs else np.zeros((0, fer_labels.NUM_CLASSES), np.float32)
-
-
-def evaluate_accuracy(net, inputs, labels, ctx, batch_size=256):
-    """Fraction of ``inputs`` whose arg-max logit equals ``labels`` (int (N,))."""
-    if len(inputs) == 0:
-        return float("nan")
-    return float((predict_logits(net, inputs, ctx, batch_size).argmax(axis=1) == np.asarray(labels)).mean())
-
-
-def split_inputs(data, split, input_size=INPUT_SIZE, mode="majority", chunk=2048):
-    """Preprocessed inputs and labels of a split for evaluation (no augmentation).
-
-    Returns ``(inputs float32 (N, 1, S, S), labels int64 (N,))`` for the rows
-    the scheme keeps; the label is the arg-max of its target (majority: the
-    majority emotion, the paper's test protocol).
-    """
-    rows = data.split_indices(split)
-    targets, keep = fer_labels.make_targets(data.votes[rows], mode)
-    rows = rows[keep]
-    inputs = np.empty((len(rows), 1, input_size, input_size), np.float32)
-    for start in range(0, len(rows), chunk):
-        part = rows[start:start + chunk]
-        inputs[start:start + len(part)] = preprocess(data.images[part], data.boxes[part], input_size)
-    return inputs, targets[keep].argmax(axis=1)
 
 
 # --------------------------------------------------------------------------- run folder
@@ -856,18 +821,18 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
                                           last_batch="discard", seed=seed + 1000003 * rank,  # shards differ
                                           start_epoch=start_epoch)
         fit(net, train_iter, val_data, fer_losses.get_loss(mode), trainer, ctx, lr_at,
-            range(start_epoch, recipe.num_epochs), iters_per_epoch, recipe.batch_size * num_machines, seed=seed,
-            amp=amp, progress=progress, on_epoch=keeper)
+            range(start_epoch, recipe.num_epochs), iters_per_epoch, recipe.batch_size * num_machines,
+            recipe.input_size, seed=seed, amp=amp, progress=progress, on_epoch=keeper)
         keeper.export_best(ctx, recipe.input_size)
         return {"run_dir": str(run_dir), "history": keeper.history, "best_epoch": keeper.best_epoch,
                 "best_val_acc": keeper.best_val_acc, "devices": [str(c) for c in ctx], "config": config,
                 "stopped_early": keeper.stopped_early and keeper.history[-1]["epoch"] < recipe.num_epochs}
 
 
-def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_per_epoch, step_size, seed=0,
-        amp=False, progress=True, on_epoch=None):
+def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_per_epoch, step_size, input_size,
+        seed=0, amp=False, progress=True, on_epoch=None):
     """The training loop, d2l style: each epoch one pass of SGD over ``train_iter``, with the learning
-    rate ``lr_at(step)``, then the accuracy on ``val_data`` (inputs, labels).
+    rate ``lr_at(step)``, then the accuracy on ``val_data`` (:class:`ferlib.predict.LabelledFaces`).
 
     ``on_epoch(record)`` is called with each epoch's history record; when it returns True the loop
     stops. Returns the records of the epochs run.
@@ -877,7 +842,7 @@ def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_p
         mx.random.seed(_epoch_seed(seed, epoch))  # dropout of epoch e always draws from the same stream
         record = _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, epochs.stop, iters_per_epoch, lr_at,
                               step_size, amp, progress)
-        record["val_acc"] = evaluate_accuracy(net, *val_data, ctx)
+        record["val_acc"] = validation_accuracy(net, val_data, input_size, ctx)
         record["seconds"] = time.time() - record.pop("_start")
         record = {key: record[key] for key in HISTORY_KEYS}
         history.append(record)
@@ -938,10 +903,10 @@ def _training_data(data, recipe, mode, seed, rank, num_machines):
     if len(train_set) < recipe.batch_size * num_machines:
         raise FERError(f"the training split has {len(train_set)} faces in mode {mode!r}, fewer than one batch "
                        f"of {recipe.batch_size}" + (f" per worker ({num_machines})" if num_machines > 1 else ""))
-    val_inputs, val_labels = split_inputs(data, "val", recipe.input_size)
-    if len(val_labels) == 0:
+    val_faces = majority_faces(data, "val")
+    if len(val_faces.labels) == 0:
         raise FERError("the validation split (PublicTest rows) has no faces with a majority label")
-    return _shard(train_set, rank, num_machines), (val_inputs, val_labels)
+    return _shard(train_set, rank, num_machines), val_faces
 
 
 def _say_what_trains(recipe, mode, ctx, gpus, rank, num_machines, config, train_set, val_data, start_epoch):
@@ -950,7 +915,7 @@ def _say_what_trains(recipe, mode, ctx, gpus, rank, num_machines, config, train_
         where += " (no GPU found)"
     machine = f", worker {rank + 1} of {num_machines} ({config['kvstore']})" if num_machines > 1 else ""
     print(f"training {recipe.model} ({mode}) on {where}{machine}: {len(train_set)} training faces, "
-          f"{len(val_data[1])} validation faces, epochs {start_epoch + 1}..{recipe.num_epochs}"
+          f"{len(val_data.labels)} validation faces, epochs {start_epoch + 1}..{recipe.num_epochs}"
           + (f" (resumed after epoch {start_epoch})" if start_epoch else ""), flush=True)
 
 

@@ -13,6 +13,7 @@ import pytest
 import ferlib
 from ferlib import EMOTIONS, FERError
 from ferlib import evaluate as ev
+from ferlib import model as fer_model
 from ferlib import model as fm
 from ferlib.cli import main as cli_main
 from ferlib.data import FERPlusDataset, load_cache
@@ -246,7 +247,7 @@ def test_grad_cam_maps_and_gradients(tiny_run, faces, hybridize):
         assert all(c.max() in (0.0, 1.0) for c in cams)
         assert np.array_equal(class_ids, probabilities.argmax(axis=1))
         # The head after the split reproduces the network.
-        body, head = ev.split_at_last_conv(net)
+        body, head = fer_model.saliency_split(net)
         xx = mx.nd.array(x)
         assert np.allclose(head(body(xx)).asnumpy(), net(xx).asnumpy(), atol=1e-5)
         # The gradients are right: summed over a channel they are the derivative
@@ -278,7 +279,7 @@ def test_grad_cam_faces_and_errors(tiny_run, faces):
     with pytest.raises(FERError, match=r"\(N, 1, S, S\)"):
         ev.grad_cam(net, np.zeros((2, 64, 64), np.float32))
     with pytest.raises(FERError, match="does not know"):
-        ev.split_at_last_conv(mx.gluon.nn.Dense(8))
+        fer_model.saliency_split(mx.gluon.nn.Dense(8))
 
 
 def test_evaluate_run_on_a_small_run(tiny_run, synthetic_cache, tmp_path):

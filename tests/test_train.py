@@ -16,6 +16,7 @@ from ferlib import cli
 from ferlib import data as fer_data
 from ferlib import model as fer_model
 from ferlib import train as fer_train
+from ferlib.predict import majority_faces, validation_accuracy
 
 import mxnet as mx  # noqa: E402  (after ferlib)
 
@@ -112,13 +113,13 @@ def test_exported_and_reloaded_networks_reproduce_the_validation_accuracy(one_ep
     """best.params (load_run) and the exported graph (load_exported) give the recorded val accuracy."""
     out, result, _ = one_epoch_run
     data = fer_data.load_cache(synthetic_cache)
-    inputs, labels = fer_train.split_inputs(data, "val", 32)
+    val_faces = majority_faces(data, "val")
     expected = result["best_val_acc"]
     net, config = fer_model.load_run(out)
     assert config["model"] == "vgg13"
-    assert fer_train.evaluate_accuracy(net, inputs, labels, [mx.cpu()]) == pytest.approx(expected)
+    assert validation_accuracy(net, val_faces, 32, [mx.cpu()]) == pytest.approx(expected)
     exported = fer_model.load_exported(out)
-    assert fer_train.evaluate_accuracy(exported, inputs, labels, [mx.cpu()]) == pytest.approx(expected)
+    assert validation_accuracy(exported, val_faces, 32, [mx.cpu()]) == pytest.approx(expected)
 
 
 def test_an_existing_run_is_neither_overwritten_nor_resumed_with_other_settings(one_epoch_run, synthetic_cache):
@@ -314,9 +315,9 @@ def test_small_variant_learns_the_synthetic_set(learnable_cache, tmp_path):
     assert result["best_val_acc"] - history[0]["val_acc"] >= 0.2  # learned over the epochs, not at once
     # best.params holds the best epoch, and so does the exported graph.
     data = fer_data.load_cache(learnable_cache)
-    inputs, labels = fer_train.split_inputs(data, "val", 48)
+    val_faces = majority_faces(data, "val")
     exported = fer_model.load_exported(tmp_path / "small")
-    assert fer_train.evaluate_accuracy(exported, inputs, labels, [mx.cpu()]) == pytest.approx(result["best_val_acc"])
+    assert validation_accuracy(exported, val_faces, 48, [mx.cpu()]) == pytest.approx(result["best_val_acc"])
 
 
 def test_recipes_are_named_settings_with_changes(synthetic_cache, tmp_path):
