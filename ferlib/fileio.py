@@ -68,6 +68,21 @@ def _move_into_place(tmp, path):
         raise FERError(f"cannot write {path}: {os_reason(err)}") from None
 
 
+def fsync_file(path):
+    """Make the content of file ``path`` durable (a power cut, not only a kill)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path):
+    """Make the renames inside folder ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` so that a crash never leaves a partial file."""
     path = Path(path)
@@ -94,8 +109,7 @@ def atomic_save(path, save_fn):
     tmp = _temp_beside(path)
     try:
         save_fn(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())  # on disk before the rename, so a power cut leaves old or new
+        fsync_file(tmp)  # on disk before the rename, so a power cut leaves old or new
         _move_into_place(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -45,18 +45,16 @@ from pathlib import Path
 
 from . import cuda
 from ._mxnet_compat import prepare_mxnet_import
+from .paths import PACKAGE_PARENT
 
 GLUONCV = "gluoncv==0.10.5.post0"
 #: Requirements in the metadata of final releases that ferlib makes untrue:
 #: distribution -> {requirement name: what it becomes (None: dropped)}.
-STALE_REQUIREMENTS = {
-    cuda.MXNET_CPU: {"numpy": "numpy>1.16.0", "graphviz": None},
-    cuda.MXNET_GPU: {"numpy": "numpy>1.16.0", "graphviz": None},
-    "gluoncv": {"opencv-python": None},
-}
+_MXNET_STALE = {"numpy": "numpy>1.16.0", "graphviz": None}
+STALE_REQUIREMENTS = {cuda.MXNET_CPU: _MXNET_STALE, cuda.MXNET_GPU: _MXNET_STALE, "gluoncv": {"opencv-python": None}}
 #: The extras each place gets by default.
 DEFAULT_EXTRAS = {"colab": "serve", "other": "serve,notebook"}
-REPO = Path(__file__).resolve().parents[1]
+REPO = PACKAGE_PARENT
 NEVER_PIN = {"ferlib", "pip", "setuptools", "wheel"}
 
 
@@ -82,23 +80,15 @@ def choose_device(device="auto", gpus=None):
 def pinned_installed(modules=None, everything=False):
     """``name==version`` pins of what the install must not change: every installed distribution
     (``everything``), or numpy and the distributions of the modules already imported here."""
+    installed = _installed()
     if everything:
-        names = set(installed_versions())
+        keys = set(installed)
     else:
         top_level = {m.split(".")[0] for m in (sys.modules if modules is None else modules)}
-        names = {"numpy"}
-        for module, dists in importlib.metadata.packages_distributions().items():
-            if module in top_level:
-                names.update(dists)
-    pins = {}
-    for name in sorted(names, key=str.lower):
-        try:
-            version = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        if name.lower() not in NEVER_PIN:
-            pins[name.lower()] = f"{name}=={version}"
-    return list(pins.values())
+        keys = {"numpy"} | {dist.lower() for module, dists in importlib.metadata.packages_distributions().items()
+                            if module in top_level for dist in dists}
+    return [f"{installed[key][0]}=={installed[key][1]}" for key in sorted(keys)
+            if key in installed and key not in NEVER_PIN]
 
 
 def plan(device, extras, repo=REPO, python=sys.executable, installed_build=None, constraints=None):
@@ -159,13 +149,20 @@ def _update_record(record_path, changed_path, data):
     record_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def installed_versions():
-    """``{name: version}`` of the installed distributions (the first one on ``sys.path`` of each
-    name: setuptools puts its vendored copies on the path once imported)."""
-    versions = {}
+def _installed():
+    """``{lower-case name: (name, version)}`` of the installed distributions, in one scan (the
+    first one on ``sys.path`` of each name: setuptools puts its vendored copies on the path once
+    imported)."""
+    found = {}
     for dist in importlib.metadata.distributions():
-        versions.setdefault((dist.metadata["Name"] or "").lower(), dist.version)
-    return versions
+        name = dist.metadata["Name"] or ""
+        found.setdefault(name.lower(), (name, dist.version))
+    return found
+
+
+def installed_versions():
+    """``{lower-case name: version}`` of the installed distributions."""
+    return {key: version for key, (_, version) in _installed().items()}
 
 
 def ensure_java():

@@ -8,13 +8,14 @@ root, or in Colab's ``/content`` beside a clone.
 import os
 from pathlib import Path
 
-_PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+#: The folder holding the ferlib package: the repository root when ferlib runs from a clone.
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 
 
 def repo_root():
     """The ferlib repository this package runs from (``$FERLIB_REPO`` or the package's parent
     folder when it holds ``notebooks/``), else the working directory (an installed ferlib)."""
-    for candidate in (os.environ.get("FERLIB_REPO"), _PACKAGE_PARENT):
+    for candidate in (os.environ.get("FERLIB_REPO"), PACKAGE_PARENT):
         if candidate and (Path(candidate) / "ferlib" / "__init__.py").is_file() \
                 and (Path(candidate) / "notebooks").is_dir():
             return Path(candidate).resolve()

@@ -353,20 +353,6 @@ def _num_correct(logits, target):
 # --------------------------------------------------------------------------- run folder
 
 
-def _fsync_file(path):
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path):
-    # Makes the renames inside the folder durable too (a power cut, not only a kill).
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _staged_name(name, epoch):
     """The versioned name a checkpoint file is first written under, e.g. ``checkpoint-0003.params``."""
     stem, suffix = name.split(".")
@@ -394,7 +380,7 @@ def save_checkpoint(run_dir, net, trainer, info):
     try:
         for name, save in ((run.CHECKPOINT_PARAMS, net.save_parameters), (run.CHECKPOINT_STATES, trainer.save_states)):
             save(str(run_dir / staged[name]))
-            _fsync_file(run_dir / staged[name])
+            fileio.fsync_file(run_dir / staged[name])
         hashes = {name: fileio.file_sha256(run_dir / file) for name, file in staged.items()}
         fileio.atomic_write_json(run_dir / run.CHECKPOINT_JSON, {**info, "sha256": hashes, "staged": staged})
     except BaseException:
@@ -411,7 +397,7 @@ def _promote(run_dir, files):
     for name, path in files.items():
         if path.name != name:
             os.replace(path, run_dir / name)
-    _fsync_dir(run_dir)
+    fileio.fsync_dir(run_dir)
 
 
 def load_checkpoint(run_dir):
@@ -856,22 +842,20 @@ def _checked_recipe(recipe):
     check_schedule(recipe.schedule)
     if recipe.model not in fer_model.list_models():
         raise FERError(f"unknown model {recipe.model!r}; choose one of: {', '.join(fer_model.list_models())}")
-    for name in ("num_epochs", "batch_size", "input_size"):
-        _check_positive(name, getattr(recipe, name))
-    _check_positive("lr", recipe.lr, float)
+    checked = {name: _check_positive(name, getattr(recipe, name))
+               for name in ("num_epochs", "batch_size", "input_size")}
+    checked["lr"] = _check_positive("lr", recipe.lr, float)
     lr_steps = tuple(int(s) for s in recipe.lr_steps)
     if len(lr_steps) != 2 or not 0 < lr_steps[0] <= lr_steps[1]:
         raise FERError(f"lr_steps must be two epochs, first <= second, got {lr_steps!r}")
     warmup = recipe.warmup_epochs
     if warmup is None:
         warmup = default_warmup_epochs(recipe.num_epochs) if recipe.schedule == "cosine" else 0
-    model_kwargs = {"input_size": recipe.input_size, **recipe.model_kwargs}
-    if model_kwargs["input_size"] != recipe.input_size:
+    model_kwargs = {"input_size": checked["input_size"], **recipe.model_kwargs}
+    if model_kwargs["input_size"] != checked["input_size"]:
         raise FERError(f"model_kwargs input_size {model_kwargs['input_size']} differs from input_size "
-                       f"{recipe.input_size}")
-    return recipe.replace(lr_steps=lr_steps, warmup_epochs=warmup, model_kwargs=model_kwargs,
-                          num_epochs=int(recipe.num_epochs), batch_size=int(recipe.batch_size),
-                          input_size=int(recipe.input_size), lr=float(recipe.lr))
+                       f"{checked['input_size']}")
+    return recipe.replace(lr_steps=lr_steps, warmup_epochs=warmup, model_kwargs=model_kwargs, **checked)
 
 
 def _checked_contexts(gpus, amp, batch_size):

@@ -237,10 +237,15 @@ def serve(model_store, mar="fer.mar", name="fer", batch_size=8, max_batch_delay=
         with FrontDoor(server.inference_url, host, port, max_body, read_timeout) as front:
             print(f"serving {mar} as {front.url}/predictions/{name} (batches of up to {batch_size}, "
                   f"{workers} worker{'s' * (workers != 1)}); Ctrl-C stops", flush=True)
-            if ready:
-                ready(front.url)
-            try:
-                (stop or threading.Event()).wait()
-            except KeyboardInterrupt:
-                pass
+            run_until_stopped(front.url, ready, stop)
     print("stopped", flush=True)
+
+
+def run_until_stopped(url, ready=None, stop=None):
+    """Call ``ready(url)``, then wait until ``stop`` (a :class:`threading.Event`) is set or Ctrl-C."""
+    if ready:
+        ready(url)
+    try:
+        (stop or threading.Event()).wait()
+    except KeyboardInterrupt:
+        pass

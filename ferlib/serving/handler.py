@@ -210,7 +210,8 @@ class FacePredictor:
         self.settings = self._read_settings(settings)
         self.input_size = self.settings["input_size"]
         self.emotions = list(self.settings["emotions"])
-        self.limits = self.settings["limits"]
+        # Archives packaged before a limit existed take its default, once, here.
+        self.limits = {**DEFAULT_LIMITS, **self.settings["limits"]}
         self.detector = FaceDetector(self.settings["detector"])
         self.net = self._load_net()
         # Bind the graph now, so that the first request does not pay for it.
@@ -322,8 +323,7 @@ class FacePredictor:
             try:
                 if isinstance(payload, RequestError):
                     raise payload
-                image = decode_image(payload, self.limits["max_pixels"], self.limits.get("max_side",
-                                                                                         DEFAULT_LIMITS["max_side"]))
+                image = decode_image(payload, self.limits["max_pixels"], self.limits["max_side"])
                 greys.append(to_grey(image))
                 sizes.append(list(image.size))
                 where.append(i)

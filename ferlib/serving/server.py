@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 
 from ..errors import FERError
+from ..paths import PACKAGE_PARENT
 
 #: The repository's server configuration (next to the package folder).
-REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.properties"
+REPO_CONFIG = PACKAGE_PARENT / "config.properties"
 #: MMS refuses ports from 32767 up ("Invalid port number").
 MAX_PORT = 32766
 

@@ -18,12 +18,11 @@ management API is never forwarded (only ``/predictions/``, ``/invocations`` and 
 """
 import ipaddress
 import json
-import threading
 from importlib import resources
 from urllib.parse import urlsplit
 
 from ..errors import FERError
-from ..serving.front import DEFAULT_MAX_BODY, FrontDoor
+from ..serving.front import DEFAULT_MAX_BODY, FrontDoor, run_until_stopped
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_MODEL = "fer"
@@ -103,12 +102,7 @@ def serve_web(url=DEFAULT_URL, model=DEFAULT_MODEL, host=DEFAULT_HOST, port=DEFA
             print(f"warning: answering other machines on {host}: anyone who reaches this port can send images "
                   "to the model (the model server's management API stays out of reach). Browsers give "
                   "the webcam only to https pages or to this machine's own address.", flush=True)
-        if ready:
-            ready(door.url)
-        try:
-            (stop or threading.Event()).wait()
-        except KeyboardInterrupt:
-            pass
+        run_until_stopped(door.url, ready, stop)
     print("stopped", flush=True)
 
 
