@@ -49,6 +49,7 @@ test-quick: setup
 
 bench: setup
 	$(PY) bench/bench_preprocess.py
+	$(PY) bench/bench_photos.py --scenes 100
 	$(PY) bench/bench_serving.py --quick
 
 clean:

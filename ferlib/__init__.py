@@ -16,7 +16,10 @@ One module per stage of the notebook series::
     ferlib.serving     the model archive, the Multi Model Server handler, the front door, the client
     ferlib.web         the web page for the model server (python -m ferlib web)
     ferlib.export      ONNX export
-    ferlib.run         the run folder: its file names, its config, its exported network
+    ferlib.demo        ``make demo``, the notebooks' data preparation, and executing the notebooks
+    ferlib.run         the run folder: its file names, its config, its exported network; "pretrained"
+    ferlib.photos      real sample photos from our dependencies (astronaut, Grace Hopper)
+    ferlib.scenes      photo-like scenes of FER+ faces with their ground truth (the photo benchmark)
     ferlib.fileio      files written atomically, path errors in plain words
     ferlib.utils       devices (try_gpu, try_all_gpus)
     ferlib.cuda        which MXNet build fits this GPU, and the CUDA 11 libraries it loads
@@ -46,8 +49,8 @@ if _missing_cuda_libraries:
 #: Loaded on first access, so that ``import ferlib`` needs neither MXNet nor OpenCV.
 _LAZY_NAMES = {"EMOTIONS": "labels", "MODES": "labels", "VOTE_COLUMNS": "labels"}
 _SUBMODULES = ("cuda", "data", "demo", "evaluate", "export", "fileio", "formats", "install", "labels", "losses",
-               "metrics", "model", "paths", "plots", "predict", "run", "saliency", "serving", "synth", "train",
-               "transforms", "utils", "web")
+               "metrics", "model", "paths", "photos", "plots", "predict", "run", "saliency", "scenes", "serving",
+               "synth", "train", "transforms", "utils", "web")
 
 __all__ = ["EMOTIONS", "MODES", "VOTE_COLUMNS", "FERError", "__version__"]
 

@@ -8,7 +8,8 @@ import io
 from pathlib import Path
 
 from . import data as fer_data
-from . import synth
+from . import run, synth
+from .photos import SAMPLE_PHOTOS, sample_photos
 
 FER_NAMES = ("fer2013.csv", "fer2013.csv.gz", "fer2013.tar.gz")
 FERPLUS_NAME = "fer2013new.csv"
@@ -43,19 +44,33 @@ def prepare_inputs(data_dir, out_dir, synthetic_faces=4000, seed=0):
     return cache_dir, data, bool(real)
 
 
-def notebook_parameters(notebook, run_dir, cache_dir, quick=True, extra=None):
+def prepared_data(data_dir, out_dir, synthetic_faces=4000, seed=0, synthetic=False):
+    """:func:`prepare_inputs` once: the real cache when the files are in ``data_dir`` (unless
+    ``synthetic``), else the synthetic set's, each in its own folder of ``out_dir``, loaded again
+    when it is already there. Returns ``(cache_dir, data, is_real)``."""
+    out_dir = Path(out_dir)
+    real = None if synthetic else find_real_files(data_dir)
+    folder = out_dir / ("real" if real else f"synthetic-{synthetic_faces}-seed{seed}")
+    cache = folder / ("cache-real" if real else "cache-synthetic")
+    if fer_data.is_cache(cache):
+        return cache, fer_data.load_cache(cache), bool(real)
+    return prepare_inputs(data_dir if real else folder / "no-real-data", folder, synthetic_faces, seed)
+
+
+def notebook_parameters(notebook, run_dir, cache_dir, quick=True, extra=None, serve_run=True):
     """The papermill parameters that point ``notebook`` at a trained run and its cache.
 
-    Only notebooks that declare ``RUN_DIR`` (evaluation, serving) get the run, and its
-    cache as ``DATA_DIR`` (in notebooks 01-02 ``DATA_DIR`` is the raw data folder, which
-    they find by themselves). Paths are absolute because the notebooks run from their
-    own folder. ``extra`` parameters go to the notebooks that declare them.
+    Only notebooks that declare ``RUN_DIR`` get the run: evaluation (which also declares
+    ``DATA_DIR``) with its cache (in notebooks 01-03 ``DATA_DIR`` is the raw data folder, which
+    they find by themselves), serving only when ``serve_run`` (a run of the real data; else it
+    serves ferlib's pretrained network). Paths are absolute because the notebooks run from
+    their own folder. ``extra`` parameters go to the notebooks that declare them.
     """
     import papermill
 
     parameters = {"QUICK": bool(quick)}
     declared = papermill.inspect_notebook(str(notebook))
-    if "RUN_DIR" in declared:
+    if "RUN_DIR" in declared and ("DATA_DIR" in declared or serve_run):
         parameters["RUN_DIR"] = str(Path(run_dir).resolve())
         if "DATA_DIR" in declared:
             parameters["DATA_DIR"] = str(Path(cache_dir).resolve())
@@ -63,9 +78,10 @@ def notebook_parameters(notebook, run_dir, cache_dir, quick=True, extra=None):
     return parameters
 
 
-def run_notebooks(notebook_dir, out_dir, run_dir, cache_dir, quick=True, extra=None):
-    """Execute the numbered tutorial notebooks into ``out_dir``, those that evaluate or
-    serve a model on ``run_dir`` (the demo's own run) rather than on a 2-epoch quick one.
+def run_notebooks(notebook_dir, out_dir, run_dir, cache_dir, quick=True, extra=None, serve_run=True):
+    """Execute the numbered tutorial notebooks into ``out_dir``, the one that evaluates on
+    ``run_dir`` (the demo's own run) rather than on a 2-epoch quick one, and the one that serves
+    on it too when ``serve_run`` (see :func:`notebook_parameters`).
 
     Returns the list of executed notebooks. Raises :class:`papermill.PapermillExecutionError`
     (naming the notebook and cell) when one fails.
@@ -75,7 +91,7 @@ def run_notebooks(notebook_dir, out_dir, run_dir, cache_dir, quick=True, extra=N
     if not notebooks:
         raise FileNotFoundError(f"{notebook_dir}: no numbered notebooks (NN_name.ipynb) to execute")
     for notebook in notebooks:
-        parameters = notebook_parameters(notebook, run_dir, cache_dir, quick, extra)
+        parameters = notebook_parameters(notebook, run_dir, cache_dir, quick, extra, serve_run)
         print(f"executing {notebook.name} -> {out_dir / notebook.name} with {parameters}", flush=True)
         execute_notebook(notebook, out_dir, parameters)
     return notebooks
@@ -98,10 +114,12 @@ def run_demo(data_dir="data", out_dir="build/demo", synthetic_faces=4000, seed=0
     """Prepare, train, evaluate, package and serve: the whole tutorial in one call.
 
     On the synthetic set the small CPU variant trains in minutes; with the real
-    files in ``data_dir`` it runs the README's CPU recipe (about 40 minutes on 2 cores).
+    files in ``data_dir`` it runs the README's CPU recipe (about 70 minutes on 2 cores).
+    Without the real files, the network that ships with ferlib (``"pretrained"``) is then served
+    and answers the real sample photos of :mod:`ferlib.photos`, drawn into ``out_dir``.
     With ``notebook_dir``, the tutorial notebooks are then executed (quick parameters, and
-    ``notebook_extra`` where a notebook declares them) into ``notebook_out``, notebooks 03
-    and 04 on this run.
+    ``notebook_extra`` where a notebook declares them) into ``notebook_out``: notebook 04
+    (evaluation) on this run, and notebook 05 (serving) too when it is a run of the real data.
     """
     from . import evaluate, train
 
@@ -121,41 +139,49 @@ def run_demo(data_dir="data", out_dir="build/demo", synthetic_faces=4000, seed=0
     print(evaluate.format_result(metrics))
 
     print(f"\n== packaging {run_dir} into {model_store}/fer.mar and serving it")
-    serve_demo(run_dir, model_store, image=photo, draw=out_dir / "answer.png")
+    serve_demo(run_dir, model_store, photos={str(photo): photo} if photo else None, draw_dir=out_dir)
+    if not is_real:
+        print(f"\n== the pretrained network (ferlib's CPU recipe, trained on the real FER+ data) on real photos "
+              f"({', '.join(f'{name} from {package}' for name, package in SAMPLE_PHOTOS.items())}), "
+              f"served from {model_store}/fer.mar")
+        serve_demo(run.PRETRAINED, model_store, photos=sample_photos(), draw_dir=out_dir)
 
     if notebook_dir:
         print(f"\n== executing the notebooks of {notebook_dir} into {notebook_out}")
-        run_notebooks(notebook_dir, notebook_out, run_dir, cache_dir, quick=True, extra=notebook_extra)
+        run_notebooks(notebook_dir, notebook_out, run_dir, cache_dir, quick=True, extra=notebook_extra,
+                      serve_run=is_real)
     return 0
 
 
-def serve_demo(run_dir, model_store="model_store", image=None, draw=None, version="1.0"):
-    """Build ``model_store/fer.mar`` from ``run_dir``, serve it, ask it about one image, stop it.
+def serve_demo(run_dir, model_store="model_store", photos=None, draw_dir=None, version="1.0"):
+    """Build ``model_store/fer.mar`` from ``run_dir``, serve it, ask it about photos, stop it.
 
     Parameters
     ----------
     run_dir : str or Path
-        A training run folder.
+        A training run folder, or ``"pretrained"``.
     model_store : str or Path
         Where the archive goes (``fer.mar``).
-    image : str or Path, optional
-        A photo to send (faces are detected). Default: a synthetic test face
-        sent with the whole-image option, since the project ships no photographs.
-    draw : str or Path, optional
-        Write the image with the answer drawn on it here.
+    photos : dict, optional
+        ``{name: path or encoded bytes}`` of photos to send (faces are detected). Default: a
+        synthetic test face, sent with the whole-image option.
+    draw_dir : str or Path, optional
+        Write each photo with the answer drawn on it here, as ``answer_<name>.png``.
 
     Returns
     -------
     dict
-        The server's answer.
+        The server's answers, by photo name.
     """
     from .errors import FERError
     from .serving import ModelServer, draw_faces, format_answer, package_run, predict_url
     from .serving.server import port_is_free
 
     mar = package_run(run_dir, Path(model_store) / "fer.mar", version=version)
-    if image is not None:
-        body, whole_image, name = Path(image).read_bytes(), False, str(image)
+    if photos:
+        bodies = {name: photo if isinstance(photo, bytes) else Path(photo).read_bytes()
+                  for name, photo in photos.items()}
+        whole_image = False
     else:
         from PIL import Image
 
@@ -163,29 +189,35 @@ def serve_demo(run_dir, model_store="model_store", image=None, draw=None, versio
 
         buffer = io.BytesIO()
         Image.fromarray(make_faces(1, seed=1).images[0]).save(buffer, format="PNG")
-        body, whole_image, name = buffer.getvalue(), True, "a synthetic 48x48 face (whole-image option)"
+        bodies, whole_image = {"a synthetic 48x48 face (whole-image option)": buffer.getvalue()}, True
     # The configured port if it is free, else a free one (another server may be running).
     server = ModelServer(mar.parent, models={"fer": mar.name},
                          inference_port=None if port_is_free(8080) else "free")
     print(f"starting multi-model-server on {server.inference_url} ...", flush=True)
     with server:
-        [(status, answer)] = predict_url([body], server.inference_url, "fer", whole_image)
-        print(format_answer(name, status, answer))
+        replies = dict(zip(bodies, predict_url(list(bodies.values()), server.inference_url, "fer", whole_image)))
     print("server stopped")
-    if status != 200:
-        raise FERError(f"the server answered {status}: {answer.get('message', answer)}")
-    if draw:
-        draw_faces(body, answer["faces"], draw)
-        print(f"drew {draw}")
-    return answer
+    answers = {}
+    for name, (status, answer) in replies.items():
+        print(format_answer(name, status, answer))
+        if status != 200:
+            raise FERError(f"the server answered {status} for {name}: {answer.get('message', answer)}")
+        if draw_dir is not None:
+            out = Path(draw_dir) / f"answer_{Path(name).stem if photos else 'synthetic'}.png"
+            draw_faces(bodies[name], answer["faces"], out)
+            print(f"  drew {out}")
+        answers[name] = answer
+    return answers
 
 
 def add_commands(subparsers):
     p = subparsers.add_parser("demo", help="run the whole pipeline (what `make demo` does)",
                               description="Prepare the data (real FER+ if in --data, else synthetic), train, "
-                                          "evaluate, package model_store/fer.mar, serve it and answer one image.")
+                                          "evaluate, package model_store/fer.mar, serve it and answer one image; "
+                                          "without real data, then serve ferlib's pretrained network and answer "
+                                          "real photos.")
     p.add_argument("--data", default="data", help="folder that may hold the real fer2013.csv + fer2013new.csv")
-    p.add_argument("--out", default="build/demo", help="output folder (data cache, answer.png)")
+    p.add_argument("--out", default="build/demo", help="output folder (data cache, answer_*.png)")
     p.add_argument("--runs", default="runs", help="folder of the training run")
     p.add_argument("--model-store", default="model_store", help="where fer.mar goes")
     p.add_argument("--photo", default=None, help="a photo to send to the server (default: a synthetic face crop)")

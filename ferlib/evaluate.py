@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as fer_data
+from . import run
 from .errors import FERError
 from .fileio import atomic_write_json
 from .labels import EMOTIONS
@@ -46,7 +47,10 @@ def evaluate_predictions(predictions, tta=None):
 
 
 def default_json_path(run_dir, split):
-    """Where :func:`evaluate_run` writes by default: ``run_dir/eval-<split>.json``."""
+    """Where :func:`evaluate_run` writes by default: ``run_dir/eval-<split>.json``; for the pretrained
+    run, which is part of ferlib and never written to, ``pretrained-eval-<split>.json`` here."""
+    if run.is_pretrained(run_dir):
+        return Path(f"{run.PRETRAINED}-eval-{split}.json")
     return Path(run_dir) / f"eval-{split}.json"
 
 
@@ -137,8 +141,8 @@ def evaluate_run(run_dir, data_dir, split="test", tta=False, ctx=None, json_path
         ``json`` and ``predictions`` (paths, or None when not saved).
     """
     fer_data.check_split(split)  # fail before any loading
-    run_dir = Path(run_dir)
     json_path = Path(json_path) if json_path else default_json_path(run_dir, split)
+    run_name, run_dir = str(run_dir), run.locate(run_dir)
     if save:
         check_json_path(run_dir, json_path)
     data = data_dir if isinstance(data_dir, fer_data.FERPlusData) else fer_data.load_cache(data_dir)
@@ -148,9 +152,9 @@ def evaluate_run(run_dir, data_dir, split="test", tta=False, ctx=None, json_path
     started = time.perf_counter()
     predictions = predict_split(net, data, split, size, tta=tta, batch_size=batch_size, ctx=ctx, progress=progress)
     seconds = time.perf_counter() - started
-    predictions.meta.update({"run": str(run_dir), "model": config["model"]})
+    predictions.meta.update({"run": run_name, "model": config["model"]})
     result = {
-        "run": str(run_dir),
+        "run": run_name,
         "data": (data.source.get("cache") or "FERPlusData in memory") if data_dir is data else str(data_dir),
         "split": split,
         "model": config["model"],
@@ -218,7 +222,8 @@ def add_commands(subparsers):
         "evaluate", help="test metrics of a training run: accuracy, F1, confusion, crowd KL, ECE, TTA",
         description="Evaluate the best network of a run folder on a split of a prepared cache. Prints a "
                     "table and writes every figure to JSON and the probabilities to an .npz beside it.")
-    p.add_argument("--run", required=True, help="run folder (config.json + best.params), e.g. runs/NAME")
+    p.add_argument("--run", required=True, help="run folder (config.json + best.params), e.g. runs/NAME, "
+                                                "or 'pretrained' for ferlib's own weights")
     p.add_argument("--data", required=True, help="prepared cache folder (python -m ferlib prepare)")
     p.add_argument("--split", default="test", help="train, val or test (default test)")
     p.add_argument("--tta", action="store_true", help="also with test-time augmentation (flip + shifted crops)")

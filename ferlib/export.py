@@ -101,7 +101,7 @@ def export_onnx(run_dir, onnx_path, input_size=None):
     Path of the ONNX file.
     """
     onnx = _import_onnx()
-    run_dir, onnx_path = Path(run_dir), Path(onnx_path)
+    run_dir, onnx_path = run.locate(run_dir), Path(onnx_path)
     for name in (run.EXPORT_SYMBOL, run.EXPORT_PARAMS):
         if not (run_dir / name).is_file():
             raise FERError(f"{run_dir / name} is missing: the run has no exported network")

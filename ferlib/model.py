@@ -51,6 +51,10 @@ def _check_classes(classes):
     return int(classes)
 
 
+#: Widths of the paper's two hidden dense layers.
+DENSE_UNITS = (1024, 1024)
+
+
 class VGG13(nn.HybridBlock):
     """The VGG13 network of the FER+ paper (Barsoum et al. 2016).
 
@@ -89,6 +93,9 @@ class VGG13(nn.HybridBlock):
         Dropout rate after each pooling.
     dense_dropout : float, default 0.5
         Dropout rate after each hidden dense layer.
+    dense_units : sequence of int, default (1024, 1024)
+        Widths of the hidden dense layers before ``width`` scales them, e.g.
+        ``(512,)`` with width 0.5 for one layer of 256.
 
     Inputs
     ------
@@ -101,17 +108,16 @@ class VGG13(nn.HybridBlock):
 
     #: Channels of the four convolution blocks.
     CONV_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (256, 256, 256))
-    #: Widths of the two hidden dense layers.
-    DENSE_UNITS = (1024, 1024)
-
     def __init__(self, classes=NUM_CLASSES, batch_norm=False, width=1.0, input_size=INPUT_SIZE,
-                 conv_dropout=0.25, dense_dropout=0.5, **kwargs):
+                 conv_dropout=0.25, dense_dropout=0.5, dense_units=DENSE_UNITS, **kwargs):
         super().__init__(**kwargs)
         if not width > 0:
             raise FERError(f"width must be > 0, got {width!r}")
         for name, rate in (("conv_dropout", conv_dropout), ("dense_dropout", dense_dropout)):
             if not 0.0 <= rate < 1.0:
                 raise FERError(f"{name} must be in [0, 1), got {rate!r}")
+        if not all(isinstance(u, numbers.Integral) and not isinstance(u, bool) and u > 0 for u in dense_units):
+            raise FERError(f"dense_units must be positive whole numbers, got {dense_units!r}")
         self.classes = _check_classes(classes)
         self.input_size = _check_input_size(input_size)
         self.batch_norm = bool(batch_norm)
@@ -137,7 +143,7 @@ class VGG13(nn.HybridBlock):
             self.classifier = nn.HybridSequential(prefix="classifier_")
             with self.classifier.name_scope():
                 self.classifier.add(nn.Flatten())
-                for units in self.DENSE_UNITS:
+                for units in dense_units:
                     # in_units left deferred: it follows from input_size.
                     self.classifier.add(nn.Dense(scaled(units), weight_initializer=glorot),
                                         nn.Activation("relu"))
@@ -291,11 +297,17 @@ def gluoncv_backbone(name, classes=NUM_CLASSES, pretrained=False, input_size=INP
 # Registry
 
 def _vgg13_builder(name, **defaults):
-    def build(pretrained=False, **kwargs):
-        if pretrained:
-            raise FERError(f"{name} has no pretrained weights: it trains from scratch on FER+ "
-                           f"(for an ImageNet start use {', '.join(_BACKBONES)})")
-        return VGG13(**{**defaults, **kwargs})
+    def build(pretrained=False, ctx=None, **kwargs):
+        if not pretrained:
+            return VGG13(**{**defaults, **kwargs})
+        config = run.read_config(run.PRETRAINED, required=("model",))
+        if config["model"] != name:
+            raise FERError(f"{name} has no pretrained weights: ferlib ships FER+ weights for "
+                           f"{config['model']!r} (for an ImageNet start use {', '.join(_BACKBONES)})")
+        if kwargs:
+            raise FERError(f"the pretrained {name} is built as it was trained; options {sorted(kwargs)} "
+                           "cannot change it")
+        return load_run(run.PRETRAINED, ctx=ctx)[0]
     return build
 
 
@@ -311,11 +323,12 @@ _MODELS = {
     "vgg13": _vgg13_builder("vgg13"),
     "vgg13_bn": _vgg13_builder("vgg13_bn", batch_norm=True),
     "vgg13_small": _vgg13_builder("vgg13_small", batch_norm=True, width=0.25),
+    "vgg13_half": _vgg13_builder("vgg13_half", batch_norm=True, width=0.5, dense_units=(512,), conv_dropout=0.0),
     **{name: _backbone(name) for name in _BACKBONES},
 }
 
 _VGG_OPTIONS = tuple(p for p in inspect.signature(VGG13.__init__).parameters
-                     if p not in ("self", "kwargs")) + ("pretrained",)
+                     if p not in ("self", "kwargs")) + ("pretrained", "ctx")
 _BACKBONE_OPTIONS = ("classes", "pretrained", "input_size", "ctx", "root", "norm_kwargs")
 
 
@@ -357,6 +370,10 @@ def get_model(name, **kwargs):
         * ``vgg13_bn`` -- the same with BatchNorm after every convolution;
         * ``vgg13_small`` -- BatchNorm and a quarter of the channels
           (width 0.25): 55 M multiply-adds per 64x64 face instead of 876 M, for CPU;
+        * ``vgg13_half`` -- BatchNorm, half the channels, no dropout after the
+          convolutions and one hidden dense layer of 256: the CPU recipe's
+          network (140 M multiply-adds per 48x48 face); ``pretrained=True``
+          gives it with the FER+ weights that ship with ferlib;
         * ``resnet18_v1b``, ``mobilenetv2_0.25``, ``mobilenetv2_1.0`` --
           GluonCV model-zoo networks with a grey stem and an 8-class head
           (:func:`gluoncv_backbone`; ``pretrained=True`` starts from ImageNet).
@@ -440,7 +457,7 @@ def saliency_split(net):
 
 def _read_config(run_dir):
     config = run.read_config(run_dir, required=("model", "model_kwargs", "input_size", "emotions"))
-    config_path = Path(run_dir) / run.CONFIG
+    config_path = run.locate(run_dir) / run.CONFIG
     if not isinstance(config["model_kwargs"], dict):
         raise FERError(f"{config_path}: model_kwargs must be a JSON object")
     return config_path, config
@@ -453,7 +470,8 @@ def load_run(run_dir, ctx=None):
     ----------
     run_dir : str or Path
         Folder with ``config.json`` (keys ``model``, ``model_kwargs``,
-        ``input_size``, ``emotions``) and ``best.params``.
+        ``input_size``, ``emotions``) and ``best.params``, or without it the
+        exported ``model-0000.params`` (as in ``"pretrained"``, ferlib's own run).
     ctx : Context or list of Context, default cpu
 
     Returns
@@ -464,8 +482,12 @@ def load_run(run_dir, ctx=None):
         The parsed ``config.json``.
     """
     config_path, config = _read_config(run_dir)
-    params_path = Path(run_dir) / run.BEST_PARAMS
-    if not params_path.is_file():
+    run_dir = run.locate(run_dir)
+    params_path = run_dir / run.BEST_PARAMS
+    exported = not params_path.is_file() and (run_dir / run.EXPORT_PARAMS).is_file()
+    if exported:
+        params_path = run_dir / run.EXPORT_PARAMS
+    elif not params_path.is_file():
         raise FERError(f"{params_path} is missing: the run saved no best weights (did it finish an epoch?)")
     emotions = list(config["emotions"])
     kwargs = dict(config["model_kwargs"])
@@ -482,11 +504,31 @@ def load_run(run_dir, ctx=None):
     net = get_model(config["model"], **kwargs)
     check_params_file(params_path)
     try:
-        net.load_parameters(str(params_path), ctx=as_contexts(ctx))
+        if exported:
+            _load_exported_parameters(net, params_path, as_contexts(ctx))
+        else:
+            net.load_parameters(str(params_path), ctx=as_contexts(ctx))
     except (AssertionError, mx.base.MXNetError) as err:
         raise FERError(f"{params_path} does not fit model {config['model']!r} with {kwargs}: "
                        f"{_mxnet_reason(err)}") from None
     return net, config
+
+
+def _load_exported_parameters(net, path, ctx):
+    """Load the weights of an exported graph (``model-0000.params``) into a Gluon ``net`` of the same
+    architecture. The file names parameters ``arg:<block prefix><name>`` (``aux:`` for BatchNorm
+    statistics); the block prefix (``vgg130_``...) depends on how many networks the exporting process
+    had built, so names are matched without it."""
+    def unprefixed(name):
+        return name.split(":", 1)[-1].split("_", 1)[-1]
+
+    arrays = {unprefixed(key): value for key, value in mx.nd.load(str(path)).items()}
+    params = {unprefixed(p.name): p for p in net.collect_params().values()}
+    missing, extra = sorted(set(params) - set(arrays)), sorted(set(arrays) - set(params))
+    if missing or extra:
+        raise AssertionError(f"parameters missing from the file: {missing[:3]}, not in the model: {extra[:3]}")
+    for name, param in params.items():
+        param._load_init(arrays[name], ctx)  # what load_parameters does: checks the shape, fills a deferred one
 
 
 def check_params_file(path):

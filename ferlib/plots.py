@@ -9,7 +9,7 @@ figure) so it is shown once.
 Data (notebook 01)
     :func:`plot_class_counts` (faces per class and split for a label scheme),
     :func:`plot_faces_with_votes` (faces beside their 10 crowd votes).
-Evaluation (notebook 03, from :mod:`ferlib.evaluate` results)
+Evaluation (notebook 04, from :mod:`ferlib.evaluate` results)
     :func:`plot_confusion_matrix`, :func:`plot_per_class`,
     :func:`plot_metric_comparison` (e.g. plain vs TTA), :func:`plot_reliability`,
     :func:`plot_confident_mistakes`, :func:`plot_grad_cam`, :func:`plot_grad_cam_grid`.

@@ -13,14 +13,21 @@ A training run folder (``python -m ferlib train --out RUN``) holds::
 
 A model archive (``.mar``) holds the exported network, ``labels.json`` and ``serving.json``.
 
+One run folder ships inside ferlib: the name ``pretrained`` (:data:`PRETRAINED`), given wherever a
+run folder is accepted, means it (:func:`locate`). It holds the exported network of the CPU recipe
+trained on the real FER+ data, its settings, history and test evaluation, and ``SHA256SUMS``, which
+is checked before it is used.
+
 Standard library only (MXNet is imported when a network is loaded): the model archive carries
-this module for its handler.
+this module (and :mod:`ferlib.fileio`) for its handler.
 """
+import functools
 import json
 import warnings
 from pathlib import Path
 
 from .errors import FERError
+from .fileio import file_sha256
 
 CONFIG, LABELS = "config.json", "labels.json"
 HISTORY_JSON, HISTORY_CSV = "history.json", "history.csv"
@@ -32,9 +39,84 @@ EXPORT_PREFIX = "model"
 EXPORT_SYMBOL, EXPORT_PARAMS = f"{EXPORT_PREFIX}-symbol.json", f"{EXPORT_PREFIX}-0000.params"
 #: The serving settings of a model archive (input size, detector, limits).
 SERVING = "serving.json"
+#: The run folder that ships with ferlib, by name (``--run pretrained``), and where it is.
+PRETRAINED = "pretrained"
+PRETRAINED_DIR = Path(__file__).resolve().parent / PRETRAINED
+#: The pretrained folder's list of files and their SHA-256, in ``sha256sum`` format.
+CHECKSUMS = "SHA256SUMS"
 #: Every file a training run writes into its folder.
 TRAINING_FILES = (CONFIG, HISTORY_JSON, HISTORY_CSV, BEST_PARAMS, BEST_JSON, LABELS, CHECKPOINT_PARAMS,
                   CHECKPOINT_STATES, CHECKPOINT_JSON, EXPORT_SYMBOL, EXPORT_PARAMS, LOCK)
+
+
+def is_pretrained(run_dir):
+    """True when ``run_dir`` names the run folder that ships with ferlib."""
+    return str(run_dir) == PRETRAINED
+
+
+def locate(run_dir):
+    """The folder of a run: ``run_dir`` itself, or for ``"pretrained"`` the copy inside ferlib,
+    after checking every file of it against ``SHA256SUMS`` (a local folder named so: ``./pretrained``)."""
+    if not is_pretrained(run_dir):
+        return Path(run_dir)
+    _check_pretrained(PRETRAINED_DIR)
+    return PRETRAINED_DIR
+
+
+@functools.lru_cache(maxsize=None)
+def _check_pretrained(folder):
+    listing = folder / CHECKSUMS
+    if not listing.is_file():
+        raise FERError(f"ferlib's pretrained run is missing ({listing} not found): this ferlib was installed "
+                       "without it; reinstall ferlib from its repository")
+    for line in listing.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        digest, name = line.split(maxsplit=1)
+        path = folder / name.lstrip("*")
+        if not path.is_file():
+            raise FERError(f"ferlib's pretrained run is incomplete: {path} is missing; reinstall ferlib")
+        if file_sha256(path) != digest:
+            raise FERError(f"{path} does not match its checksum in {listing} (changed or damaged); "
+                           "reinstall ferlib")
+    return True
+
+
+#: What the pretrained run folder holds (besides SHA256SUMS): no training state, no best.params
+#: (:func:`ferlib.model.load_run` reads the exported weights), and the test evaluation.
+PRETRAINED_FILES = (CONFIG, LABELS, HISTORY_JSON, BEST_JSON, EXPORT_SYMBOL, EXPORT_PARAMS, "eval-test.json")
+
+
+def ship_pretrained(run_dir, eval_json, dest=None):
+    """Make ``run_dir`` ferlib's pretrained run (a maintainer's step): copy its :data:`PRETRAINED_FILES`,
+    with ``eval_json`` (``evaluate --split test``) as ``eval-test.json``, into ``dest`` (default
+    :data:`PRETRAINED_DIR`, replaced), and seal them with :func:`write_checksums`."""
+    import shutil
+
+    run_dir, dest = Path(run_dir), Path(dest or PRETRAINED_DIR)
+    evaluation = read_json(eval_json)
+    if evaluation.get("split") != "test":
+        raise FERError(f"{eval_json} is an evaluation of the {evaluation.get('split')!r} split, not of 'test'")
+    evaluation.update({"run": PRETRAINED, "json": "eval-test.json", "predictions": None})
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in PRETRAINED_FILES[:-1]:
+        if not (run_dir / name).is_file():
+            raise FERError(f"{run_dir / name} is missing: {run_dir} is not a finished, exported run")
+        shutil.copyfile(run_dir / name, dest / name)
+    (dest / "eval-test.json").write_text(json.dumps(evaluation, indent=1) + "\n", encoding="utf-8")
+    write_checksums(dest)
+    return dest
+
+
+def write_checksums(folder):
+    """Write ``SHA256SUMS`` listing every other file of ``folder`` (how the pretrained run is sealed)."""
+    folder = Path(folder)
+    lines = [f"{file_sha256(path)}  {path.name}" for path in sorted(folder.iterdir())
+             if path.is_file() and path.name != CHECKSUMS]
+    (folder / CHECKSUMS).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _check_pretrained.cache_clear()
 
 
 def read_json(path):
@@ -50,7 +132,7 @@ def read_json(path):
 
 def read_config(run_dir, required=("input_size",)):
     """``config.json`` of a run folder, checked to be a JSON object with the ``required`` keys."""
-    run_dir = Path(run_dir)
+    run_dir = locate(run_dir)
     if not run_dir.is_dir():
         raise FERError(f"run folder {run_dir} does not exist (train a model first, or check the path)")
     path = run_dir / CONFIG
@@ -70,7 +152,7 @@ def load_exported(model_dir, ctx=None):
     (one input, ``data``). No model code is needed to load it."""
     import mxnet as mx
 
-    model_dir = Path(model_dir)
+    model_dir = locate(model_dir)
     symbol, params = model_dir / EXPORT_SYMBOL, model_dir / EXPORT_PARAMS
     for path in (symbol, params):
         if not path.is_file():

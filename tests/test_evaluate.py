@@ -1,5 +1,5 @@
 """ferlib.evaluate: metrics on hand-made predictions with known answers, prediction
-and TTA, Grad-CAM, evaluate_run / the CLI on a small run, and notebook 03."""
+and TTA, Grad-CAM, evaluate_run / the CLI on a small run, and notebook 04."""
 import json
 import math
 import os
@@ -358,19 +358,19 @@ def test_cli_evaluate(tiny_run, synthetic_cache, tmp_path, capsys):
     assert code == 2 and "unknown split" in capsys.readouterr().err
 
 
-# --------------------------------------------------------------------------- notebook 03
+# --------------------------------------------------------------------------- notebook 04
 
 
 @pytest.mark.slow
-def test_notebook_03_runs_headless_in_quick_mode(tmp_path):
+def test_notebook_04_runs_headless_in_quick_mode(tmp_path):
     papermill = pytest.importorskip("papermill")
-    notebook = REPO / "notebooks" / "03_evaluation.ipynb"
+    notebook = REPO / "notebooks" / "04_evaluation.ipynb"
     source = json.loads(notebook.read_text())
     assert source["metadata"]["kernelspec"]["name"] == "python3"
     assert all(not cell.get("outputs") and cell.get("execution_count") is None
                for cell in source["cells"] if cell["cell_type"] == "code"), "commit the notebook without outputs"
     assert any("parameters" in cell.get("metadata", {}).get("tags", []) for cell in source["cells"])
-    executed = tmp_path / "03_executed.ipynb"
+    executed = tmp_path / "04_executed.ipynb"
     env_before = dict(os.environ)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"

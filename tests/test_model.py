@@ -17,7 +17,7 @@ PAPER_CONV = [[64, 64], [128, 128], [256, 256, 256], [256, 256, 256]]
 PAPER_DENSE = [1024, 1024]
 
 
-def vgg13_count(input_size=64, width=1.0, batch_norm=False, classes=8):
+def vgg13_count(input_size=64, width=1.0, batch_norm=False, classes=8, dense=None):
     """Parameter values of the FER+ VGG13 by arithmetic: (trainable, BatchNorm running stats)."""
     def scaled(c):
         return max(1, int(round(c * width)))
@@ -33,7 +33,7 @@ def vgg13_count(input_size=64, width=1.0, batch_norm=False, classes=8):
             in_channels = c
         side //= 2
     features = in_channels * side * side
-    for units in PAPER_DENSE + [None]:
+    for units in list(PAPER_DENSE if dense is None else dense) + [None]:
         u = classes if units is None else scaled(units)
         trainable += features * u + u
         features = u
@@ -76,6 +76,18 @@ def test_vgg13_variant_parameter_counts(name, kwargs, input_size):
     assert num_parameters(net, trainable_only=True) == trainable
     if name in ("vgg13_bn", "vgg13_small") and input_size == 64 and not kwargs:
         assert f"{trainable + running:,}" in VGG13.__doc__
+
+
+def test_vgg13_half_is_the_cpu_recipes_network():
+    """Half the channels, BatchNorm, no dropout after the blocks, one hidden dense layer of 256."""
+    net = get_model("vgg13_half", input_size=48)
+    init_forward(net, 48)
+    trainable, running = vgg13_count(48, width=0.5, batch_norm=True, dense=[512])
+    assert num_parameters(net, trainable_only=True) == trainable and num_parameters(net) == trainable + running
+    assert [b._units for b in blocks_of(net.classifier, gluon.nn.Dense)] == [256]
+    assert [b._rate for b in blocks_of(net, gluon.nn.Dropout)] == [0.5]
+    with pytest.raises(FERError, match="dense_units must be positive whole numbers"):
+        get_model("vgg13", dense_units=[0])
 
 
 @pytest.mark.parametrize("name, kwargs, input_size", [
@@ -284,6 +296,18 @@ def test_load_run_restores_the_weights(tmp_path):
     assert (loaded.input_size, loaded.width) == (48, 0.125)
     x = mx.nd.random.normal(shape=(2, 1, 48, 48))
     np.testing.assert_array_equal(loaded(x).asnumpy(), net(x).asnumpy())
+
+
+def test_load_run_takes_the_exported_weights_when_best_params_is_gone(tmp_path):
+    """A run folder that ships only its exported graph (as ``pretrained`` does) still gives the Gluon network."""
+    net = trained_a_little("vgg13_small", 48, width=0.125)
+    write_run(tmp_path / "run", net, model_kwargs={"width": 0.125}, input_size=48)
+    get_model("vgg13", width=0.125)  # another network first: the block prefix of the next one differs
+    export_net(net, tmp_path / "run", 48)
+    (tmp_path / "run" / "best.params").unlink()
+    loaded, _ = load_run(tmp_path / "run")
+    x = mx.nd.random.normal(shape=(2, 1, 48, 48))
+    np.testing.assert_allclose(loaded(x).asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_load_run_errors_are_clear(tmp_path):

@@ -964,8 +964,8 @@ def test_readme_start_command_serves_and_stops_clean(trained_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_notebook_04_runs_in_quick_mode(tmp_path):
-    nb = run_notebook("04_serving.ipynb", tmp_path, QUICK=True, OUT_DIR=str(tmp_path / "out"))
+def test_notebook_05_runs_in_quick_mode(tmp_path):
+    nb = run_notebook("05_serving.ipynb", tmp_path, QUICK=True, OUT_DIR=str(tmp_path / "out"))
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert (tmp_path / "out" / "model_store" / "fer.mar").is_file()

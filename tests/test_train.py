@@ -166,6 +166,49 @@ def test_resume_continues_exactly_where_the_run_stopped(synthetic_cache, tmp_pat
     assert again["history"] == resumed["history"]
 
 
+def test_weight_average_is_validated_kept_and_resumed_exactly(synthetic_cache, tmp_path):
+    """With ema_decay, validation, best.params and the export use the average of the weights;
+    the checkpoint holds it beside the weights, so a resumed run still equals an uninterrupted one."""
+    settings = dict(mode="crossentropy", num_epochs=2, schedule="cosine", warmup_epochs=1, seed=3,
+                    optimizer="nag", ema_decay=0.9, **TINY)
+    whole = fer_train.train(synthetic_cache, tmp_path / "whole", **settings)
+    with pytest.raises(Interrupted):
+        fer_train.train(synthetic_cache, tmp_path / "parts", callback=_stop_after(1), **settings)
+    resumed = fer_train.train(synthetic_cache, tmp_path / "parts", resume=True, **settings)
+    for a, b in zip(whole["history"], resumed["history"]):
+        for key in ("loss", "val_acc", "val_acc_last"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    first, second = _params(tmp_path / "whole" / "checkpoint.params"), _params(tmp_path / "parts" / "checkpoint.params")
+    assert first.keys() == second.keys() and any(k.startswith("average:") for k in first)
+    for key in first:
+        np.testing.assert_allclose(second[key], first[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    averaged = {k[len("average:"):] for k in first if k.startswith("average:")}
+    assert averaged == {k for k in first if not k.startswith("average:")}
+    # the average differs from the last weights, and it is what the run keeps
+    assert any(not np.allclose(first[k], first["average:" + k]) for k in averaged)
+    data = fer_data.load_cache(synthetic_cache)
+    net, _ = fer_model.load_run(tmp_path / "whole")
+    assert validation_accuracy(net, majority_faces(data, "val"), 32, [mx.cpu()]) == pytest.approx(whole["best_val_acc"])
+    config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert config["optimizer"] == "nag" and config["ema_decay"] == 0.9
+
+
+def test_weight_average_follows_its_formula_and_applied_restores_the_weights():
+    net = mx.gluon.nn.Dense(2, in_units=3)
+    net.initialize(mx.init.Constant(1.0))
+    average = fer_train.WeightAverage(net, decay=0.5)
+    net.weight.set_data(mx.nd.full((2, 3), 3.0))
+    average.update(step=1000)  # d = min(0.5, 1001/1010) = 0.5
+    np.testing.assert_allclose(average.shadow["weight"].asnumpy(), 2.0)
+    average.update(step=0)  # d = min(0.5, 1/10) = 0.1: early steps follow the weights
+    np.testing.assert_allclose(average.shadow["weight"].asnumpy(), 0.1 * 2.0 + 0.9 * 3.0)
+    with average.applied():
+        np.testing.assert_allclose(net.weight.data().asnumpy(), 2.9)
+    np.testing.assert_allclose(net.weight.data().asnumpy(), 3.0)
+    with pytest.raises(FERError, match="ema_decay must be in"):
+        fer_train.WeightAverage(net, decay=1.0)
+
+
 def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(synthetic_cache, tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = []
@@ -322,8 +365,8 @@ def test_small_variant_learns_the_synthetic_set(learnable_cache, tmp_path):
 
 def test_recipes_are_named_settings_with_changes(synthetic_cache, tmp_path):
     cpu = fer_train.get_recipe("cpu", lr=0.01)
-    assert cpu.lr == 0.01 and cpu.model == "vgg13_small" and fer_train.RECIPES["cpu"].lr == 0.02
-    with pytest.raises(FERError, match="unknown recipe 'fast'; choose one of: paper, cpu, synthetic"):
+    assert cpu.lr == 0.01 and cpu.model == "vgg13_half" and fer_train.RECIPES["cpu"].lr == 0.05
+    with pytest.raises(FERError, match="unknown recipe 'fast'; choose one of: paper, cpu, cpu_small, synthetic"):
         fer_train.get_recipe("fast")
     with pytest.raises(FERError, match="no setting learning_rate; its settings are: model, model_kwargs"):
         fer_train.get_recipe("cpu", learning_rate=0.1)
@@ -341,7 +384,9 @@ def test_the_command_line_changes_only_the_settings_it_is_given():
 
     assert recipe() == fer_train.RECIPES["paper"]
     assert recipe("--recipe", "cpu") == fer_train.RECIPES["cpu"]
-    changed = recipe("--recipe", "cpu", "--lr", "0.01", "--dense-dropout", "0.3", "--lr-steps", "5,9")
-    assert changed == fer_train.RECIPES["cpu"].replace(lr=0.01, lr_steps=(5, 9),
-                                                       model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.3})
+    changed = recipe("--recipe", "cpu_small", "--lr", "0.01", "--dense-dropout", "0.3", "--lr-steps", "5,9",
+                     "--optimizer", "nag", "--ema-decay", "0.99")
+    assert changed == fer_train.RECIPES["cpu_small"].replace(
+        lr=0.01, lr_steps=(5, 9), optimizer="nag", ema_decay=0.99,
+        model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.3})
     assert recipe("--recipe", "cpu", "--model", "vgg13").model_kwargs == {}  # another network: its own defaults

@@ -4,14 +4,15 @@
 
     python -m ferlib package --run runs/NAME --out model_store/fer.mar
     multi-model-server --start --model-store model_store --models fer=fer.mar --mms-config config.properties
-    python -m ferlib predict photo.jpg [--draw out.png]        # or --run runs/NAME, without a server
+    python -m ferlib predict photo.jpg --url http://127.0.0.1:8080/predictions/fer [--draw out.png]
+    python -m ferlib predict photo.jpg         # no server: ferlib's pretrained network (or --run runs/NAME)
     multi-model-server --stop
 
 * :mod:`.archive` -- :func:`package_run` builds the ``.mar`` (network, labels,
   settings, handler and the ferlib code it needs);
 * :mod:`.handler` -- the MMS entry point and :class:`FacePredictor`, the same
   logic without a server;
-* :mod:`.faces` -- face detection (OpenCV Haar cascade) and FER-style crops;
+* :mod:`.faces` -- face detection (YuNet, or OpenCV's Haar cascade) and FER-style crops;
 * :mod:`.client` -- :func:`predict_url`, :func:`predict_local`, :func:`draw_faces`;
 * :mod:`.server` -- :class:`ModelServer`: start and stop a server from Python (notebook, tests, bench);
 * :mod:`.front` -- :class:`FrontDoor`: answers in JSON what multi-model-server answers badly;

@@ -10,7 +10,7 @@ elsewhere except Python, MXNet, OpenCV and Pillow::
     serving.json                 input size, preprocessing, detector settings, request limits, run info
     fer_service.py               entry module: imports the handler below
     fer_runtime/                 ferlib's own files, copied unchanged at packaging time:
-        _mxnet_compat.py run.py formats.py errors.py labels.py transforms.py serving/handler.py serving/faces.py
+        _mxnet_compat.py run.py fileio.py formats.py errors.py labels.py transforms.py serving/handler.py serving/faces.py
 
 The copied ``ferlib`` files live in a package of their own name,
 ``fer_runtime``, so that the served code is the archive's even on a machine
@@ -36,6 +36,7 @@ HANDLER = f"{ENTRY_MODULE}:handle"
 RUNTIME_FILES = (
     "_mxnet_compat.py",
     "run.py",
+    "fileio.py",
     "formats.py",
     "errors.py",
     "labels.py",
@@ -72,7 +73,7 @@ def _run_summary(run_dir, config):
 
 def stage_archive(run_dir, stage_dir, version="1.0", detector=None, limits=None):
     """Write the archive's files (all but the manifest) into ``stage_dir``; returns serving.json's dict."""
-    run_dir, stage_dir = Path(run_dir), Path(stage_dir)
+    run_dir, stage_dir = run.locate(run_dir), Path(stage_dir)
     if not run_dir.is_dir():
         raise FERError(f"run folder {run_dir} does not exist (train a model first, or check the path)")
     config = run.read_config(run_dir)

@@ -1,8 +1,8 @@
 """Ask the model server (or a run folder, without a server) about photos, and draw the answers.
 
-``python -m ferlib predict photo.jpg`` posts the file to
-``http://127.0.0.1:8080/predictions/fer`` and prints each face found;
-``--run runs/NAME`` runs the same handler code in this process instead;
+``python -m ferlib predict photo.jpg`` prints each face found by ferlib's pretrained network, with
+the handler code of the server run in this process; ``--run runs/NAME`` uses a training run instead;
+``--url http://127.0.0.1:8080/predictions/fer`` posts the file to a model server;
 ``--draw out.png`` writes the photo with the boxes and labels.
 """
 import json
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import run
 from ..errors import FERError
 from .handler import FacePredictor, RequestError, decode_image, to_grey
 
@@ -138,10 +139,10 @@ def _draw_path(draw, image_path, count):
 def _predict_command(args):
     if args.run and args.url:
         raise FERError("give either --url (ask a running server) or --run (predict here), not both")
-    if args.run:
-        answers = predict_local(args.images, args.run, args.whole_image)
+    if args.url:
+        answers = predict_url(args.images, args.url, args.model, args.whole_image)
     else:
-        answers = predict_url(args.images, args.url or DEFAULT_URL, args.model, args.whole_image)
+        answers = predict_local(args.images, args.run or run.PRETRAINED, args.whole_image)
     failed = 0
     for path, (status, answer) in zip(args.images, answers):
         failed += status != 200
@@ -160,13 +161,14 @@ def _predict_command(args):
 def add_commands(subparsers):
     p = subparsers.add_parser(
         "predict", help="emotions of the faces in photos, from the model server or a run folder",
-        description="Find the faces in each image and print their emotions. By default the images are sent "
-                    f"to the model server at {DEFAULT_URL}; with --run the run folder's network answers "
-                    "here, with the same handler code.")
+        description="Find the faces in each image and print their emotions. By default ferlib's pretrained "
+                    "network answers here; with --run a training run folder's does (same handler code as the "
+                    f"server); with --url a model server answers (e.g. {DEFAULT_URL}).")
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, GIF, WebP, TIFF)")
-    p.add_argument("--url", default=None, help=f"inference address of the server (default {DEFAULT_URL})")
+    p.add_argument("--url", default=None, help=f"ask the model server at this inference address, e.g. {DEFAULT_URL}")
     p.add_argument("--model", default=DEFAULT_MODEL, help="served model name")
-    p.add_argument("--run", default=None, help="predict locally from this run folder, without a server")
+    p.add_argument("--run", default=None, help="predict here from this run folder, without a server "
+                                               "(default: 'pretrained', ferlib's own weights)")
     p.add_argument("--whole-image", action="store_true",
                    help="treat each image as one face crop (e.g. a 48x48 FER image) instead of detecting faces")
     p.add_argument("--draw", default=None,

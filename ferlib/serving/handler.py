@@ -43,7 +43,7 @@ from ..errors import FERError
 from ..labels import EMOTIONS
 from ..transforms import preprocess, to_grey_uint8
 from ..formats import IMAGE_SIDE
-from .faces import DEFAULT_DETECTOR, FaceDetector, clip_box, cut_face, fer_crop_box, whole_image_face
+from .faces import DEFAULT_DETECTOR, FaceDetector, clip_box, cut_face, whole_image_face
 
 import mxnet as mx  # noqa: E402  (the package __init__ has restored numpy's aliases)
 
@@ -205,14 +205,15 @@ class FacePredictor:
     """
 
     def __init__(self, model_dir, ctx=None, settings=None):
-        self.model_dir = str(model_dir)
+        self.model_dir = str(run.locate(model_dir))  # "pretrained": the run folder inside ferlib
         self.ctx = ctx or mx.cpu()
         self.settings = self._read_settings(settings)
         self.input_size = self.settings["input_size"]
         self.emotions = list(self.settings["emotions"])
         # Archives packaged before a limit existed take its default, once, here.
         self.limits = {**DEFAULT_LIMITS, **self.settings["limits"]}
-        self.detector = FaceDetector(self.settings["detector"])
+        # An archive packaged before there was a choice of detector was framed for the Haar cascade.
+        self.detector = FaceDetector({"backend": "haar", **self.settings["detector"]})
         self.net = self._load_net()
         # Bind the graph now, so that the first request does not pay for it.
         self.forward(np.zeros((1, 1, self.input_size, self.input_size), np.float32))
@@ -267,9 +268,8 @@ class FacePredictor:
         found = self.detector.detect(grey)
         dropped = max(0, len(found) - self.limits["max_faces"])
         found = found[: self.limits["max_faces"]]
-        framing = self.detector.settings["framing"]
         boxes = [clip_box(box, grey.shape) for box in found]
-        crops = [cut_face(grey, fer_crop_box(box, framing)) for box in found]
+        crops = [cut_face(grey, self.detector.crop_box(box)) for box in found]
         return boxes, crops, dropped
 
     def predict_grey(self, greys, whole_image=False):

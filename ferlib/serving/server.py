@@ -1,4 +1,4 @@
-"""Start and stop a Multi Model Server from Python (notebook 04, the tests, ``make demo``).
+"""Start and stop a Multi Model Server from Python (notebook 05, the tests, ``make demo``).
 
 :class:`ModelServer` runs ``multi-model-server --start --foreground`` in a
 working folder of its own: MMS writes ``logs/`` (and the metrics log) under

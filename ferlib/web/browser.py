@@ -1,4 +1,4 @@
-"""Headless Chromium on the web page: screenshots (notebook 04, the README) and the browser tests.
+"""Headless Chromium on the web page: screenshots (notebook 05, the README) and the browser tests.
 
 Uses the system's ``chromium`` and ``chromedriver`` (Debian: ``apt-get install chromium
 chromium-driver``) through selenium (``pip install -e '.[dev]'``); nothing is downloaded.
