@@ -27,7 +27,7 @@ from mxnet import gluon
 
 from . import labels as fer_labels
 from .errors import DataFormatError, FERError
-from .transforms import FERPLUS_AUGMENTATION, INPUT_SIZE, preprocess
+from .transforms import FERPLUS_AUGMENTATION, INPUT_SIZE, Augmentation, preprocess
 from .fileio import atomic_save, atomic_write_json, ensure_dir
 from .formats import (FER2013_CLASSES, FER2013_HEADER, FERPLUS_HEADER, IMAGE_SIDE, PIXELS,  # noqa: F401
                       SPLIT_OF_USAGE, SPLITS, USAGE_OF_SPLIT, USAGES)
@@ -452,8 +452,8 @@ class FERPlusDataset(gluon.data.Dataset):
     mode : str
         Label scheme (:data:`ferlib.MODES`); rows the scheme drops are left out.
         Validation and test follow the paper with ``majority``.
-    augment : bool, optional
-        Apply the FER+ random distortion; default: only for ``train``.
+    augment : bool or Augmentation, optional
+        Apply the FER+ random distortion (or the one given); default: only for ``train``.
     size : int
         Side of the network input.
     seed : int
@@ -480,7 +480,10 @@ class FERPlusDataset(gluon.data.Dataset):
         self.targets = targets[keep]
         self.images = data.images[self.rows]
         self.boxes = data.boxes[self.rows]
-        self.augmentation = FERPLUS_AUGMENTATION if (split == "train" if augment is None else augment) else None
+        if isinstance(augment, Augmentation):
+            self.augmentation = augment
+        else:
+            self.augmentation = FERPLUS_AUGMENTATION if (split == "train" if augment is None else augment) else None
         self.size, self.seed = size, seed
         self._random = self.augmentation is not None or mode == "probability"
 

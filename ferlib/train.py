@@ -55,7 +55,7 @@ from . import fileio, run, utils
 from .errors import FERError
 from .predict import majority_faces, validation_accuracy
 from .labels import EMOTIONS
-from .transforms import INPUT_SIZE
+from .transforms import FERPLUS_AUGMENTATION, INPUT_SIZE, Augmentation
 
 import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
 from mxnet import autograd, gluon  # noqa: E402
@@ -90,6 +90,10 @@ class Recipe:
     num_epochs, batch_size, lr, momentum, wd, optimizer
         SGD settings. ``batch_size`` is per machine and split over its devices;
         ``optimizer`` is ``sgd`` or ``nag`` (Nesterov momentum).
+    augmentation
+        Changes to the training distortion, :class:`ferlib.transforms.Augmentation`'s fields
+        (e.g. ``{"max_angle": 0, "max_skew": 0, "max_scale": 1}``: shifts and flips only);
+        empty: the FER+ paper's.
     ema_decay
         0: the run keeps its last weights. Else validation, ``best.params`` and the export use an
         exponential moving average of the weights (:class:`WeightAverage`) with this decay per step.
@@ -111,6 +115,7 @@ class Recipe:
     momentum: float = 0.9
     optimizer: str = "sgd"
     ema_decay: float = 0.0
+    augmentation: dict = dataclasses.field(default_factory=dict)
 
     def replace(self, **changes):
         """This recipe with some settings changed; an unknown setting is a FERError listing them."""
@@ -159,7 +164,7 @@ def get_recipe(recipe="paper", **changes):
 _STAGED_CHECKPOINT = re.compile(r"checkpoint-\d+\.(params|states)")
 #: Settings that must not change when a run is resumed (num_epochs may grow).
 RESUME_KEYS = ("model", "model_kwargs", "mode", "input_size", "batch_size", "lr", "schedule",
-               "warmup_epochs", "lr_steps", "wd", "momentum", "optimizer", "ema_decay", "seed")
+               "warmup_epochs", "lr_steps", "wd", "momentum", "optimizer", "ema_decay", "augmentation", "seed")
 
 
 # --------------------------------------------------------------------------- devices and kvstore
@@ -909,6 +914,7 @@ def _checked_recipe(recipe):
                for name in ("num_epochs", "batch_size", "input_size")}
     checked["lr"] = _check_positive("lr", recipe.lr, float)
     check_optimizer(recipe.optimizer)
+    _augmentation(recipe)  # an unknown setting fails here, before anything is written
     lr_steps = tuple(int(s) for s in recipe.lr_steps)
     if len(lr_steps) != 2 or not 0 < lr_steps[0] <= lr_steps[1]:
         raise FERError(f"lr_steps must be two epochs, first <= second, got {lr_steps!r}")
@@ -939,16 +945,27 @@ def _run_config(recipe, mode, seed, ctx, data_name, kv, num_machines):
         "emotions": list(EMOTIONS), "num_epochs": recipe.num_epochs, "batch_size": recipe.batch_size,
         "lr": recipe.lr, "schedule": recipe.schedule, "warmup_epochs": recipe.warmup_epochs,
         "lr_steps": list(recipe.lr_steps), "wd": recipe.wd, "momentum": recipe.momentum,
-        "optimizer": recipe.optimizer, "ema_decay": recipe.ema_decay, "seed": seed,
+        "optimizer": recipe.optimizer, "ema_decay": recipe.ema_decay, "augmentation": dict(recipe.augmentation),
+        "seed": seed,
         "devices": [str(c) for c in ctx], "data": data_name,
         "kvstore": kv.type if isinstance(kv, mx.kv.KVStore) else kv, "workers": num_machines,
         "ferlib_version": __version__,
     }
 
 
+def _augmentation(recipe):
+    """The recipe's training distortion: the FER+ paper's with its changes."""
+    fields = [f.name for f in dataclasses.fields(Augmentation)]
+    unknown = sorted(set(recipe.augmentation) - set(fields))
+    if unknown:
+        raise FERError(f"augmentation has no setting {', '.join(unknown)}; its settings are: {', '.join(fields)}")
+    return dataclasses.replace(FERPLUS_AUGMENTATION, **recipe.augmentation)
+
+
 def _training_data(data, recipe, mode, seed, rank, num_machines):
     """This machine's share of the training set, and the validation faces with a majority label."""
-    train_set = fer_data.FERPlusDataset(data, "train", mode, size=recipe.input_size, seed=seed)
+    train_set = fer_data.FERPlusDataset(data, "train", mode, augment=_augmentation(recipe), size=recipe.input_size,
+                                        seed=seed)
     if len(train_set) < recipe.batch_size * num_machines:
         raise FERError(f"the training split has {len(train_set)} faces in mode {mode!r}, fewer than one batch "
                        f"of {recipe.batch_size}" + (f" per worker ({num_machines})" if num_machines > 1 else ""))
@@ -1087,6 +1104,9 @@ def add_commands(subparsers):
     p.add_argument("--wd", type=float, default=None, help="weight decay")
     p.add_argument("--momentum", type=float, default=None, help="SGD momentum")
     p.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="sgd or nag (Nesterov momentum)")
+    p.add_argument("--augment", default=None, metavar="NAME=VALUE,...",
+                   help="change the training distortion, e.g. max_angle=0,max_skew=0,max_scale=1 (shifts and "
+                        "flips only); settings: max_shift, max_scale, max_angle, max_skew, flip")
     p.add_argument("--ema-decay", type=float, default=None,
                    help="validate and keep a moving average of the weights with this decay per step (0: off)")
     p.add_argument("--input-size", type=int, default=None, help="network input side in pixels")
@@ -1110,6 +1130,8 @@ def recipe_from_args(args):
         ("schedule", args.schedule), ("warmup_epochs", args.warmup_epochs), ("wd", args.wd),
         ("momentum", args.momentum), ("optimizer", args.optimizer), ("ema_decay", args.ema_decay),
         ("input_size", args.input_size)) if value is not None}
+    if args.augment is not None:
+        changes["augmentation"] = _parse_augment(args.augment)
     if args.lr_steps is not None:
         try:
             changes["lr_steps"] = tuple(int(s) for s in args.lr_steps.split(","))
@@ -1123,6 +1145,21 @@ def recipe_from_args(args):
     if args.pretrained:
         model_kwargs["pretrained"] = True
     return base.replace(model_kwargs=model_kwargs, **changes)
+
+
+def _parse_augment(text):
+    """``"max_angle=0,flip=false"`` as ``{"max_angle": 0.0, "flip": False}``."""
+    changes = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise FERError(f"--augment {text!r}: give NAME=VALUE pairs such as max_angle=0,max_skew=0")
+        try:
+            changes[name.strip()] = {"true": True, "false": False}[value.strip().lower()] if name.strip() == "flip" \
+                else float(value)
+        except (KeyError, ValueError):
+            raise FERError(f"--augment {item!r}: {name.strip()} takes {'true or false' if name.strip() == 'flip' else 'a number'}") from None
+    return changes
 
 
 def _train_command(args):

@@ -390,3 +390,24 @@ def test_the_command_line_changes_only_the_settings_it_is_given():
         lr=0.01, lr_steps=(5, 9), optimizer="nag", ema_decay=0.99,
         model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.3})
     assert recipe("--recipe", "cpu", "--model", "vgg13").model_kwargs == {}  # another network: its own defaults
+
+
+def test_the_augmentation_is_a_recipe_setting(synthetic_cache, tmp_path):
+    from ferlib.cli import build_parser
+    from ferlib.transforms import FERPLUS_AUGMENTATION
+
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--recipe", "synthetic",
+                                      "--augment", "max_angle=0, max_skew=0,max_scale=1,flip=false"])
+    recipe = fer_train.recipe_from_args(args)
+    assert recipe.augmentation == {"max_angle": 0.0, "max_skew": 0.0, "max_scale": 1.0, "flip": False}
+    for bad, message in (("max_angle", "give NAME=VALUE"), ("flip=maybe", "flip takes true or false"),
+                         ("max_angle=x", "max_angle takes a number")):
+        with pytest.raises(FERError, match=message):
+            fer_train.recipe_from_args(build_parser().parse_args(["train", "--data", "d", "--out", "o", "--augment", bad]))
+    with pytest.raises(FERError, match="augmentation has no setting max_rotation; its settings are: max_shift"):
+        fer_train.train(synthetic_cache, tmp_path / "bad", augmentation={"max_rotation": 5}, num_epochs=1, **TINY)
+    assert not (tmp_path / "bad" / "config.json").exists()
+    changed = fer_train._augmentation(recipe)
+    assert (changed.max_angle, changed.max_shift, changed.flip) == (0.0, FERPLUS_AUGMENTATION.max_shift, False)
+    fer_train.train(synthetic_cache, tmp_path / "run", augmentation={"max_angle": 0.0}, num_epochs=1, **TINY)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["augmentation"] == {"max_angle": 0.0}
