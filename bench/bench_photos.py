@@ -54,7 +54,7 @@ def real_photos():
     from ferlib.serving import decode_image
     from ferlib.serving.handler import to_grey
 
-    photos = {name: body for name, body in sample_photos().items()}
+    photos = sample_photos()
     for path in sorted((SHARED / "faces").glob("photo_*")):
         photos[path.name] = path.read_bytes()
     return {name: to_grey(decode_image(body)) for name, body in photos.items()}

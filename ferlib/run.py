@@ -82,14 +82,16 @@ def _check_pretrained(folder):
     return True
 
 
-#: What the pretrained run folder holds (besides SHA256SUMS): no training state, no best.params
-#: (:func:`ferlib.model.load_run` reads the exported weights), and the test evaluation.
-PRETRAINED_FILES = (CONFIG, LABELS, HISTORY_JSON, BEST_JSON, EXPORT_SYMBOL, EXPORT_PARAMS, "eval-test.json")
+#: The run files the pretrained folder holds: no training state, no best.params
+#: (:func:`ferlib.model.load_run` reads the exported weights)...
+PRETRAINED_FILES = (CONFIG, LABELS, HISTORY_JSON, BEST_JSON, EXPORT_SYMBOL, EXPORT_PARAMS)
+#: ...and its test evaluation (``python -m ferlib evaluate --split test``), besides SHA256SUMS.
+PRETRAINED_EVALUATION = "eval-test.json"
 
 
 def ship_pretrained(run_dir, eval_json, dest=None):
     """Make ``run_dir`` ferlib's pretrained run (a maintainer's step): copy its :data:`PRETRAINED_FILES`,
-    with ``eval_json`` (``evaluate --split test``) as ``eval-test.json``, into ``dest`` (default
+    with ``eval_json`` (``evaluate --split test``) as :data:`PRETRAINED_EVALUATION`, into ``dest`` (default
     :data:`PRETRAINED_DIR`, replaced), and seal them with :func:`write_checksums`."""
     import shutil
 
@@ -97,15 +99,15 @@ def ship_pretrained(run_dir, eval_json, dest=None):
     evaluation = read_json(eval_json)
     if evaluation.get("split") != "test":
         raise FERError(f"{eval_json} is an evaluation of the {evaluation.get('split')!r} split, not of 'test'")
-    evaluation.update({"run": PRETRAINED, "json": "eval-test.json", "predictions": None})
+    evaluation.update({"run": PRETRAINED, "json": PRETRAINED_EVALUATION, "predictions": None})
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    for name in PRETRAINED_FILES[:-1]:
+    for name in PRETRAINED_FILES:
         if not (run_dir / name).is_file():
             raise FERError(f"{run_dir / name} is missing: {run_dir} is not a finished, exported run")
         shutil.copyfile(run_dir / name, dest / name)
-    (dest / "eval-test.json").write_text(json.dumps(evaluation, indent=1) + "\n", encoding="utf-8")
+    (dest / PRETRAINED_EVALUATION).write_text(json.dumps(evaluation, indent=1) + "\n", encoding="utf-8")
     write_checksums(dest)
     return dest
 

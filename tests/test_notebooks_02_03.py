@@ -10,6 +10,14 @@ from ferlib.train import HISTORY_KEYS
 from conftest import run_notebook
 
 
+def _run_quick(name, tmp_path):
+    """Execute notebook ``name`` in quick mode on the synthetic set; its runs folder."""
+    runs = tmp_path / "runs"
+    nb = run_notebook(name, tmp_path, QUICK=True, DATA_DIR=str(tmp_path / "no-real-data"),
+                      OUT_DIR=str(tmp_path / "out"), RUNS_DIR=str(runs), GPUS="cpu")
+    return nb, runs
+
+
 def _errors(nb):
     return [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
@@ -20,9 +28,7 @@ def _images(nb):
 
 @pytest.mark.slow
 def test_notebook_02_compares_the_four_schemes_in_quick_mode(tmp_path):
-    runs = tmp_path / "runs"
-    nb = run_notebook("02_network_and_loss.ipynb", tmp_path, QUICK=True, DATA_DIR=str(tmp_path / "no-real-data"),
-                      OUT_DIR=str(tmp_path / "out"), RUNS_DIR=str(runs), GPUS="cpu")
+    nb, runs = _run_quick("02_network_and_loss.ipynb", tmp_path)
     assert not _errors(nb)
     for mode in MODES:
         history = json.loads((runs / "02_schemes" / mode / "history.json").read_text())
@@ -32,9 +38,7 @@ def test_notebook_02_compares_the_four_schemes_in_quick_mode(tmp_path):
 
 @pytest.mark.slow
 def test_notebook_03_trains_in_quick_mode(tmp_path):
-    runs = tmp_path / "runs"
-    nb = run_notebook("03_training.ipynb", tmp_path, QUICK=True, DATA_DIR=str(tmp_path / "no-real-data"),
-                      OUT_DIR=str(tmp_path / "out"), RUNS_DIR=str(runs), GPUS="cpu")
+    nb, runs = _run_quick("03_training.ipynb", tmp_path)
     assert not _errors(nb)
     run = runs / "03_training"
     history = json.loads((run / "history.json").read_text())

@@ -1,4 +1,5 @@
 """Faces in photos: the detectors and their fallback, the photo benchmark's scenes, and every real photo."""
+import functools
 import logging
 import sys
 
@@ -16,7 +17,9 @@ from ferlib.serving.handler import to_grey
 from conftest import SHARED_DATA, shared_file
 
 
+@functools.lru_cache(maxsize=None)
 def available_backends():
+    """The detectors that load here (tried once: collection asks for them several times)."""
     found = []
     for name in BACKENDS:
         try:
@@ -24,7 +27,7 @@ def available_backends():
         except RuntimeError:
             continue
         found.append(name)
-    return found
+    return tuple(found)
 
 
 def test_scenes_are_repeatable_and_keep_their_ground_truth():
