@@ -51,6 +51,7 @@ bench: setup
 	$(PY) bench/bench_preprocess.py
 	$(PY) bench/bench_photos.py --scenes 100
 	$(PY) bench/bench_serving.py --quick
+	$(PY) bench/bench_serving.py --quick --run pretrained --photos $(or $(wildcard ../shared/data/faces),samples)
 
 clean:
 	rm -rf build runs

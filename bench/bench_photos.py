@@ -60,13 +60,28 @@ def real_photos():
     return {name: to_grey(decode_image(body)) for name, body in photos.items()}
 
 
+def _number(text):
+    """A setting's value as int, float or text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="prepared cache of the real FER+ data (default: from ../shared/data)")
     parser.add_argument("--run", default="pretrained", help="run folder for the photo-path accuracy")
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backends", default=None, help="detectors to compare, comma separated (default: all)")
+    parser.add_argument("--settings", default="", metavar="NAME=VALUE,...",
+                        help="detector settings changed from DEFAULT_DETECTOR, e.g. max_side=320,pad_fraction=0.05")
     args = parser.parse_args()
+    settings = {name: _number(value) for name, _, value in
+                (item.partition("=") for item in args.settings.split(",") if item)}
 
     import ferlib  # noqa: F401  (before mxnet)
     from ferlib.scenes import BACKGROUNDS, background, detection_report, make_scenes, match
@@ -85,9 +100,11 @@ def main():
     photos = real_photos()
 
     rows, baseline_ms = [], None
-    for backend in BACKENDS:
+    if settings:
+        print(f"detector settings changed: {settings}")
+    for backend in args.backends.split(",") if args.backends else BACKENDS:
         try:
-            detector = FaceDetector({"backend": backend})
+            detector = FaceDetector({**settings, "backend": backend})
         except RuntimeError as err:
             print(f"{backend}: not available here ({err})")
             continue

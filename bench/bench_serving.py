@@ -2,7 +2,7 @@
 
     python bench/bench_serving.py --run runs/NAME            # a trained run
     python bench/bench_serving.py                            # untrained vgg13 at 64 px: speed only
-    python bench/bench_serving.py --photos ../shared/data/faces   # photos: face detection included
+    python bench/bench_serving.py --run pretrained --photos ../shared/data/faces   # photos: detection included
 
 It packages the run, starts a real multi-model-server on free loopback ports
 (the repository's config.properties), registers the model with MMS batching
@@ -12,7 +12,10 @@ default every request is a 48x48 synthetic face with ``X-Whole-Image: 1``
 (one face, no detection), so the figures compare with the network's bare
 forward throughput at the same batch size, measured in the same run before
 the server starts: the ratio says how much of the network's speed survives
-HTTP, JSON, image decoding, preprocessing and batching.
+HTTP, JSON, image decoding, preprocessing and batching. The ceiling of the
+served figures is measured in the same run too: the whole pipeline
+(``FacePredictor.predict_bytes``: decode, detect, crop, forward, answer) in as
+many processes as the server has workers, without HTTP.
 
 The clients share the machine with the server: on a 2-core machine the
 figures are a floor.
@@ -37,6 +40,7 @@ def _imports():
     """ferlib and MXNet, imported after OMP_NUM_THREADS is set (OpenMP reads it once, at start)."""
     global ferlib, EMOTIONS, fer_model, FacePredictor, ModelServer, package_run, mx
     import ferlib  # before mxnet
+    import ferlib.photos
     from ferlib import EMOTIONS
     from ferlib import model as fer_model
     from ferlib.serving import FacePredictor, ModelServer, package_run
@@ -67,6 +71,39 @@ def bare_forward(run_dir, batch_size, seconds=5.0):
         predictor.net(x).wait_to_read()
         count += 1
     return count * batch_size / (time.perf_counter() - start)
+
+
+def _pipeline_worker(run_dir, bodies, whole_image, batch_size, seconds, threads, barrier, results):
+    """One process of :func:`pipeline_ceiling`: FacePredictor.predict_bytes on batches of ``bodies``."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    _imports()
+    predictor = FacePredictor(run_dir)
+    predictor.predict_bytes(bodies[:batch_size], whole_image)  # warm-up
+    barrier.wait()  # every process times the same seconds
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        batch = [bodies[(count + k) % len(bodies)] for k in range(batch_size)]
+        assert all(status == 200 for status, _ in predictor.predict_bytes(batch, whole_image))
+        count += batch_size
+    results.put(count / (time.perf_counter() - start))
+
+
+def pipeline_ceiling(run_dir, bodies, whole_image, batch_size, processes, seconds, threads):
+    """Requests/s of the whole in-process pipeline (decode, detect, crop, forward, answer) in ``processes``
+    processes like the server's workers, with no HTTP: the most the server could answer."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # a fresh MXNet in each, as in MMS workers
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_pipeline_worker, args=(str(run_dir), bodies, whole_image, batch_size,
+                                                              seconds, threads, barrier, results))
+               for _ in range(processes)]
+    for w in workers:
+        w.start()
+    rates = [results.get(timeout=seconds + 300) for _ in workers]
+    for w in workers:
+        w.join()
+    return sum(rates)
 
 
 def load(server, bodies, concurrency, num_requests, whole_image):
@@ -120,12 +157,13 @@ def main(argv=None):
     parser.add_argument("--run", default=None, help="training run folder (default: an untrained network)")
     parser.add_argument("--model", default="vgg13", help="untrained network to time when no --run")
     parser.add_argument("--input-size", type=int, default=64, help="its input size")
-    parser.add_argument("--photos", default=None, help="send these photos (face detection) instead of crops")
+    parser.add_argument("--photos", default=None, help="send the photos of this folder (face detection) instead "
+                                                       "of crops; samples: the astronaut and Grace Hopper")
     parser.add_argument("--concurrency", default="1,8,32", help="client threads, comma separated")
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     parser.add_argument("--batch-size", type=int, default=8, help="MMS batch size")
     parser.add_argument("--max-batch-delay", type=int, default=10, help="MMS max batch delay (ms)")
-    parser.add_argument("--workers", type=int, default=1, help="MMS workers")
+    parser.add_argument("--workers", type=int, default=None, help="MMS workers (default: ferlib serve's)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--threads", type=int, default=1,
@@ -134,6 +172,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     _imports()
+    if args.workers is None:
+        from ferlib.serving.server import DEFAULT_WORKERS
+        args.workers = DEFAULT_WORKERS
     num_requests = 40 if args.quick else args.requests
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -141,7 +182,10 @@ def main(argv=None):
         run_dir = Path(args.run) if args.run else untrained_run(Path(tmp) / "run", args.model, args.input_size)
         store = Path(tmp) / "store"
         package_run(run_dir, store / "fer.mar")
-        if args.photos:
+        if args.photos == "samples":
+            bodies, whole_image = list(ferlib.photos.sample_photos().values()), False
+            payload = f"the {len(bodies)} sample photos (astronaut, Grace Hopper)"
+        elif args.photos:
             paths = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
             bodies, whole_image, payload = [p.read_bytes() for p in paths], False, f"{len(paths)} photos"
         else:
@@ -153,6 +197,10 @@ def main(argv=None):
         print(f"network {'(untrained) ' if not args.run else ''}from {run_dir}; OMP_NUM_THREADS={threads}, "
               f"{os.cpu_count()} CPUs")
         print(f"bare forward: {forward_bs:.0f} images/s at batch {args.batch_size}, {forward_1:.0f} at batch 1")
+        ceiling = pipeline_ceiling(run_dir, bodies, whole_image, args.batch_size, args.workers,
+                                   seconds=3.0 if args.quick else 10.0, threads=args.threads)
+        print(f"in-process pipeline ({payload}, no HTTP), {args.workers} process(es) like the workers: "
+              f"{ceiling:.1f} requests/s")
         server = ModelServer(store, inference_port="free", worker_threads=args.threads)
         rows = []
         try:
@@ -162,15 +210,17 @@ def main(argv=None):
             load(server, bodies, 2, 16, whole_image)  # warm-up: graph shapes, connections
             print(f"payload: {payload}; {num_requests} requests per level; MMS batch {args.batch_size}, "
                   f"delay {args.max_batch_delay} ms, {args.workers} worker(s)")
-            print(f"{'clients':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'req/s / forward':>16}")
+            print(f"{'clients':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'req/s / forward':>16} "
+                  f"{'req/s / in-process':>19}")
             for concurrency in levels:
                 rps, latencies, errors = load(server, bodies, concurrency, num_requests, whole_image)
                 row = {"concurrency": concurrency, "requests_per_s": rps,
                        "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
-                       "errors": len(errors), "ratio_to_forward": rps / forward_bs}
+                       "errors": len(errors), "ratio_to_forward": rps / forward_bs,
+                       "ratio_to_pipeline": rps / ceiling}
                 rows.append(row)
                 print(f"{concurrency:>8} {rps:>8.1f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} "
-                      f"{len(errors):>7} {row['ratio_to_forward']:>16.3f}")
+                      f"{len(errors):>7} {row['ratio_to_forward']:>16.3f} {row['ratio_to_pipeline']:>19.2f}")
                 for message in sorted(set(errors)):
                     print(f"{'':>8} error x{errors.count(message)}: {message}")
         finally:
@@ -178,6 +228,7 @@ def main(argv=None):
     result = {"payload": payload, "batch_size": args.batch_size, "max_batch_delay_ms": args.max_batch_delay,
               "workers": args.workers, "omp_num_threads": threads, "cpus": os.cpu_count(),
               "forward_images_per_s": forward_bs, "forward_images_per_s_batch1": forward_1,
+              "pipeline_requests_per_s": ceiling,
               "trained": bool(args.run), "levels": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -37,6 +37,17 @@ def test_the_pretrained_run_is_complete_small_and_sealed():
     assert config["emotions"] == list(EMOTIONS)
 
 
+def test_the_pretrained_run_was_trained_with_the_cpu_recipe_as_it_is():
+    """The README's command (--recipe cpu) retrains the shipped network: recipe and weights never drift."""
+    from ferlib.train import RECIPES
+
+    config, recipe = run.read_config(run.PRETRAINED), RECIPES["cpu"]
+    for name in ("model", "input_size", "num_epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
+                 "wd", "momentum", "ema_decay"):
+        assert config[name] == getattr(recipe, name), name
+    assert config["augmentation"] == recipe.augmentation and config["seed"] == 0
+
+
 def test_a_changed_or_missing_pretrained_file_is_refused(tmp_path, monkeypatch):
     copy = tmp_path / "pretrained"
     shutil.copytree(run.PRETRAINED_DIR, copy)

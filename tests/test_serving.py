@@ -110,8 +110,9 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("grey", [False, True], ids=["as-stored", "grey"])
 @pytest.mark.parametrize("fmt,mode,tolerance", CASES, ids=[f"{f}-{m}" for f, m, _ in CASES])
-def test_decode_reads_every_format_and_mode(fmt, mode, tolerance):
+def test_decode_reads_every_format_and_mode(fmt, mode, tolerance, grey):
     rgb = test_image()
     expected = to_grey_uint8(rgb)
     source = Image.fromarray(rgb)
@@ -126,10 +127,12 @@ def test_decode_reads_every_format_and_mode(fmt, mode, tolerance):
         source = Image.fromarray(expected).convert("LA")
     elif mode != "RGB":
         source = source.convert(mode)
-    image = decode_image(encode(source, fmt))
-    grey = to_grey(image)
-    assert grey.dtype == np.uint8 and grey.shape == (40, 60)
-    assert np.abs(grey.astype(float) - expected).mean() <= tolerance
+    image = decode_image(encode(source, fmt), grey=grey)
+    if grey and fmt == "JPEG" and mode == "RGB":
+        assert image.mode == "L"  # decoded straight to luma, the colour planes skipped
+    result = to_grey(image)
+    assert result.dtype == np.uint8 and result.shape == (40, 60)
+    assert np.abs(result.astype(float) - expected).mean() <= tolerance
 
 
 def test_decode_reads_a_1_bit_image():
@@ -144,10 +147,11 @@ def test_decode_honours_exif_orientation():
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     data = encode(Image.fromarray(rgb), "JPEG", quality=95, exif=exif.tobytes())
-    grey = to_grey(decode_image(data))
     expected = to_grey_uint8(np.rot90(rgb, k=-1))
-    assert grey.shape == (60, 40)
-    assert np.abs(grey.astype(float) - expected).mean() < 4.0
+    for grey_decode in (False, True):
+        grey = to_grey(decode_image(data, grey=grey_decode))
+        assert grey.shape == (60, 40)
+        assert np.abs(grey.astype(float) - expected).mean() < 4.0
 
 
 def _bomb_png():

@@ -67,7 +67,8 @@ def add_commands(subparsers):
     p.add_argument("--name", default="fer", help="model name: POST images to /predictions/NAME")
     p.add_argument("--batch-size", type=int, default=8, help="requests that share one forward pass")
     p.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (each one OpenMP thread)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes, each one OpenMP thread (default: one per core, at most 4)")
     p.add_argument("--host", default="127.0.0.1", help="address to answer on (0.0.0.0: other machines too)")
     p.add_argument("--port", type=int, default=8080, help="port to answer on")
     p.add_argument("--read-timeout", type=float, default=30.0, help="seconds a client may take to send a request")

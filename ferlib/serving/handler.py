@@ -85,10 +85,11 @@ class RequestError(FERError):
         return {"code": self.status, "type": self.kind, "message": str(self)}
 
 
-def decode_image(data, max_pixels=DEFAULT_LIMITS["max_pixels"], max_side=DEFAULT_LIMITS["max_side"]):
+def decode_image(data, max_pixels=DEFAULT_LIMITS["max_pixels"], max_side=DEFAULT_LIMITS["max_side"], grey=False):
     """Decode image bytes into an upright Pillow image in L, RGB, RGBA or 16/32-bit grey mode.
 
-    Honours the EXIF orientation. Raises :class:`RequestError` (400 empty, truncated or
+    Honours the EXIF orientation. ``grey``: a colour JPEG is decoded straight to its
+    luma (mode L), which the network sees anyway and which skips the colour conversion. Raises :class:`RequestError` (400 empty, truncated or
     corrupt, 413 too many pixels or too long a side, 415 not an image or an unsupported
     mode), whatever the decoder raises.
     """
@@ -125,6 +126,8 @@ def decode_image(data, max_pixels=DEFAULT_LIMITS["max_pixels"], max_side=DEFAULT
                            "grey, RGB(A), palette or CMYK", 415, "UnsupportedMode")
     # Some libraries (gluoncv.data, for one) switch on ImageFile.LOAD_TRUNCATED_IMAGES for the
     # whole process, which would make a cut-off upload decode as a half-grey image.
+    if grey and image.format == "JPEG" and image.mode in ("RGB", "YCbCr"):
+        image.draft("L", image.size)  # same size: only the colour planes are skipped
     accept_truncated, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         image.load()
@@ -323,7 +326,7 @@ class FacePredictor:
             try:
                 if isinstance(payload, RequestError):
                     raise payload
-                image = decode_image(payload, self.limits["max_pixels"], self.limits["max_side"])
+                image = decode_image(payload, self.limits["max_pixels"], self.limits["max_side"], grey=True)
                 greys.append(to_grey(image))
                 sizes.append(list(image.size))
                 where.append(i)

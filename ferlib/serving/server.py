@@ -41,6 +41,9 @@ from ..paths import PACKAGE_PARENT
 REPO_CONFIG = PACKAGE_PARENT / "config.properties"
 #: MMS refuses ports from 32767 up ("Invalid port number").
 MAX_PORT = 32766
+#: Worker processes of a model that ``ferlib serve`` registers: one per core, as each runs one
+#: OpenMP thread and detection is single-threaded (at most 4: each holds its own network).
+DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 4))
 
 
 def port_is_free(port, host="127.0.0.1"):
@@ -94,8 +97,8 @@ class ModelServer:
     model_store : str or Path
         Folder of the ``.mar`` files.
     models : dict, optional
-        ``{name: "file.mar"}`` loaded at start (``--models``), one worker each
-        and no batching; use :meth:`register` for batching.
+        ``{name: "file.mar"}`` loaded at start (``--models``), with the config's
+        ``default_workers_per_model`` workers each and no batching; use :meth:`register` for batching.
     config : str or Path, optional
         The properties file to start from (default the repository's
         ``config.properties``).
