@@ -15,6 +15,14 @@ sys.path.insert(0, str(REPO / "bench"))  # the SciPy reference preprocessing is 
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def default_sigint():
+    """``preexec_fn`` of a child that a test stops with Ctrl-C (SIGINT). A test run started in the
+    background by a shell (``make test &``) has SIGINT ignored, and children inherit that."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def shared_file(name):
     path = SHARED_DATA / name
     if not path.is_file():

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, SHARED_DATA, run_notebook
+from conftest import REPO, SHARED_DATA, default_sigint, run_notebook
 
 import ferlib  # noqa: F401  (before mxnet)
 from ferlib import EMOTIONS
@@ -931,7 +931,7 @@ def test_the_serve_command_batches_behind_the_front_door_and_stops_on_ctrl_c(tra
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "ferlib", "serve", "--model-store", str(tmp_path / "store"),
                                 "--port", str(port), "--batch-size", "4"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+                               stderr=subprocess.STDOUT, text=True, cwd=tmp_path, preexec_fn=default_sigint)
     try:
         first = process.stdout.readline()
         assert f"http://127.0.0.1:{port}/predictions/fer" in first and "batches of up to 4" in first, first

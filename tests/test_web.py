@@ -21,7 +21,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, default_sigint
 
 import ferlib  # noqa: F401  (before mxnet)
 from ferlib import EMOTIONS
@@ -105,7 +105,8 @@ def test_the_web_command_defaults_to_this_machine_and_refuses_a_bad_url(capsys):
 def test_the_web_command_serves_the_page_until_ctrl_c(tmp_path):
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "ferlib", "web", "--port", str(port), "--url", dead_backend()],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                               preexec_fn=default_sigint)
     try:
         first = process.stdout.readline()
         assert f"open http://127.0.0.1:{port}/" in first, first
