@@ -60,7 +60,7 @@ def real_photos():
     return {name: to_grey(decode_image(body)) for name, body in photos.items()}
 
 
-def _number(text):
+def _number(name, text):
     """A setting's value as int, float or text."""
     for kind in (int, float):
         try:
@@ -80,8 +80,9 @@ def main():
     parser.add_argument("--settings", default="", metavar="NAME=VALUE,...",
                         help="detector settings changed from DEFAULT_DETECTOR, e.g. max_side=320,pad_fraction=0.05")
     args = parser.parse_args()
-    settings = {name: _number(value) for name, _, value in
-                (item.partition("=") for item in args.settings.split(",") if item)}
+    from ferlib.cli import parse_assignments
+
+    settings = parse_assignments(args.settings, "--settings", _number, "max_side=320")
 
     import ferlib  # noqa: F401  (before mxnet)
     from ferlib.scenes import BACKGROUNDS, background, detection_report, make_scenes, match

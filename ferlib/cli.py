@@ -25,6 +25,18 @@ STAGE_MODULES = [
 ]
 
 
+def parse_assignments(text, option, convert, example):
+    """``"a=1,b=2"``, the value of ``option``, as ``{"a": convert("a", "1"), ...}``; a pair without ``=``
+    is a FERError that names ``option`` and gives ``example``."""
+    pairs = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise FERError(f"{option} {text!r}: give NAME=VALUE pairs such as {example}")
+        pairs[name.strip()] = convert(name.strip(), value.strip())
+    return pairs
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m ferlib",

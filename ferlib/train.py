@@ -1151,17 +1151,16 @@ def recipe_from_args(args):
 
 def _parse_augment(text):
     """``"max_angle=0,flip=false"`` as ``{"max_angle": 0.0, "flip": False}``."""
-    changes = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise FERError(f"--augment {text!r}: give NAME=VALUE pairs such as max_angle=0,max_skew=0")
+    from .cli import parse_assignments
+
+    def convert(name, value):
         try:
-            changes[name.strip()] = {"true": True, "false": False}[value.strip().lower()] if name.strip() == "flip" \
-                else float(value)
+            return {"true": True, "false": False}[value.lower()] if name == "flip" else float(value)
         except (KeyError, ValueError):
-            raise FERError(f"--augment {item!r}: {name.strip()} takes {'true or false' if name.strip() == 'flip' else 'a number'}") from None
-    return changes
+            raise FERError(f"--augment {name + '=' + value!r}: {name} takes "
+                           f"{'true or false' if name == 'flip' else 'a number'}") from None
+
+    return parse_assignments(text, "--augment", convert, "max_angle=0,max_skew=0")
 
 
 def _train_command(args):

@@ -88,10 +88,10 @@ class RequestError(FERError):
 def decode_image(data, max_pixels=DEFAULT_LIMITS["max_pixels"], max_side=DEFAULT_LIMITS["max_side"], grey=False):
     """Decode image bytes into an upright Pillow image in L, RGB, RGBA or 16/32-bit grey mode.
 
-    Honours the EXIF orientation. ``grey``: a colour JPEG is decoded straight to its
-    luma (mode L), which the network sees anyway and which skips the colour conversion. Raises :class:`RequestError` (400 empty, truncated or
-    corrupt, 413 too many pixels or too long a side, 415 not an image or an unsupported
-    mode), whatever the decoder raises.
+    Honours the EXIF orientation. ``grey``: a colour JPEG is decoded straight to its luma
+    (mode L), which the network sees anyway, skipping the colour conversion. Raises
+    :class:`RequestError` (400 empty, truncated or corrupt, 413 too many pixels or too long
+    a side, 415 not an image or an unsupported mode), whatever the decoder raises.
     """
     if isinstance(data, str):
         raise RequestError("the request holds text, not image bytes: send the image file itself "
@@ -124,10 +124,10 @@ def decode_image(data, max_pixels=DEFAULT_LIMITS["max_pixels"], max_side=DEFAULT
     if image.mode not in _MODE_CONVERSION:
         raise RequestError(f"{image.format} image in mode {image.mode!r} is not supported; send 8/16-bit "
                            "grey, RGB(A), palette or CMYK", 415, "UnsupportedMode")
-    # Some libraries (gluoncv.data, for one) switch on ImageFile.LOAD_TRUNCATED_IMAGES for the
-    # whole process, which would make a cut-off upload decode as a half-grey image.
     if grey and image.format == "JPEG" and image.mode in ("RGB", "YCbCr"):
         image.draft("L", image.size)  # same size: only the colour planes are skipped
+    # Some libraries (gluoncv.data, for one) switch on ImageFile.LOAD_TRUNCATED_IMAGES for the
+    # whole process, which would make a cut-off upload decode as a half-grey image.
     accept_truncated, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         image.load()
