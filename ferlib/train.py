@@ -130,9 +130,9 @@ class Recipe:
 #:
 #: * ``paper``: the FER+ paper's VGG13 recipe (the :class:`Recipe` defaults), for GPUs;
 #: * ``cpu``: the CPU recipe for the real data and the network of ferlib's pretrained weights:
-#:   ``vgg13_half`` at 48x48, Nesterov momentum, cosine schedule, and a moving average of the
-#:   weights; about 3.6 minutes per epoch on 2 idle cores, so 18 epochs in about 65 minutes,
-#:   inside the 75-minute budget (see the README's results table);
+#:   ``vgg13_half`` at 48x48, Nesterov momentum, cosine schedule, a moving average of the
+#:   weights, shifts and flips only; 20 epochs of 3-4.5 minutes on 2 cores (82 minutes for the
+#:   shipped run; see the README's results table);
 #: * ``cpu_small``: the earlier CPU recipe, a quarter of the channels, in half the time
 #:   (about 53 s per epoch, 40 epochs in about 36 minutes) and about 2.5 points less accurate;
 #: * ``synthetic``: ``cpu_small``'s network without dropout, which learns the synthetic set to
