@@ -27,7 +27,8 @@ from mxnet import gluon
 
 from . import labels as fer_labels
 from .errors import DataFormatError, FERError
-from .transforms import FERPLUS_AUGMENTATION, INPUT_SIZE, Augmentation, preprocess
+from .transforms import (DEFAULT_NORMALIZATION, FERPLUS_AUGMENTATION, INPUT_SIZE, Augmentation, check_normalization,
+                         preprocess)
 from .fileio import atomic_save, atomic_write_json, ensure_dir
 from .formats import (FER2013_CLASSES, FER2013_HEADER, FERPLUS_HEADER, IMAGE_SIDE, PIXELS,  # noqa: F401
                       SPLIT_OF_USAGE, SPLITS, USAGE_OF_SPLIT, USAGES)
@@ -458,6 +459,8 @@ class FERPlusDataset(gluon.data.Dataset):
         Side of the network input.
     seed : int
         Seed of the augmentation and of the probability-mode label draw.
+    normalization : str
+        Intensity normalisation (:func:`ferlib.transforms.normalize`).
 
     Notes
     -----
@@ -470,7 +473,7 @@ class FERPlusDataset(gluon.data.Dataset):
     repeatable and the same in loader worker processes.
     """
 
-    def __init__(self, data, split, mode, augment=None, size=INPUT_SIZE, seed=0):
+    def __init__(self, data, split, mode, augment=None, size=INPUT_SIZE, seed=0, normalization=DEFAULT_NORMALIZATION):
         if not isinstance(data, FERPlusData):
             data = load_cache(data)
         self.split, self.mode = check_split(split), fer_labels.check_mode(mode)
@@ -484,7 +487,7 @@ class FERPlusDataset(gluon.data.Dataset):
             self.augmentation = augment
         else:
             self.augmentation = FERPLUS_AUGMENTATION if (split == "train" if augment is None else augment) else None
-        self.size, self.seed = size, seed
+        self.size, self.seed, self.normalization = size, seed, check_normalization(normalization)
         self._random = self.augmentation is not None or mode == "probability"
 
     def __len__(self):
@@ -504,7 +507,7 @@ class FERPlusDataset(gluon.data.Dataset):
         keys = np.asarray(keys, dtype=np.int64)
         index = keys % len(self.rows)
         rng = np.random.default_rng([self.seed, *keys.tolist()]) if self._random else None
-        x = preprocess(self.images[index], self.boxes[index], self.size, self.augmentation, rng)
+        x = preprocess(self.images[index], self.boxes[index], self.size, self.augmentation, rng, self.normalization)
         y = fer_labels.training_targets(self.targets[index], self.mode, rng)
         return x, y
 

@@ -28,6 +28,7 @@ from .model import load_run, saliency_split  # noqa: F401
 from .predict import (PLAIN_VIEWS, TTA_VIEWS, Predictions, View, load_predictions,  # noqa: F401
                       predict_probabilities, predict_split, view_inputs)
 from .saliency import class_activation_gradients, grad_cam, grad_cam_faces  # noqa: F401
+from .transforms import normalization_of
 from .utils import as_contexts
 
 TTA_KEYS = ("accuracy", "top2_accuracy", "per_class", "macro_f1", "mean_recall", "confusion_matrix",
@@ -148,9 +149,10 @@ def evaluate_run(run_dir, data_dir, split="test", tta=False, ctx=None, json_path
     data = data_dir if isinstance(data_dir, fer_data.FERPlusData) else fer_data.load_cache(data_dir)
     net, config = load_run(run_dir, ctx=as_contexts(ctx))
     net.hybridize(static_alloc=True)
-    size = int(config["input_size"])
+    size, normalization = int(config["input_size"]), normalization_of(config)
     started = time.perf_counter()
-    predictions = predict_split(net, data, split, size, tta=tta, batch_size=batch_size, ctx=ctx, progress=progress)
+    predictions = predict_split(net, data, split, size, tta=tta, batch_size=batch_size, ctx=ctx, progress=progress,
+                                normalization=normalization)
     seconds = time.perf_counter() - started
     predictions.meta.update({"run": run_name, "model": config["model"]})
     result = {
@@ -160,6 +162,7 @@ def evaluate_run(run_dir, data_dir, split="test", tta=False, ctx=None, json_path
         "model": config["model"],
         "mode": config.get("mode"),
         "input_size": size,
+        "normalization": normalization,
         "tta": bool(tta),
         "views": predictions.views,
         "seconds": round(seconds, 3),

@@ -28,7 +28,7 @@ from .errors import FERError
 from .labels import EMOTIONS
 from . import run
 from .model import load_exported
-from .transforms import preprocess
+from .transforms import DEFAULT_NORMALIZATION, normalization_of, preprocess
 
 import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
 
@@ -128,11 +128,12 @@ def export_onnx(run_dir, onnx_path, input_size=None):
     return onnx_path
 
 
-def sample_batch(input_size, n=16, seed=0, data=None):
+def sample_batch(input_size, n=16, seed=0, data=None, normalization=DEFAULT_NORMALIZATION):
     """A batch of preprocessed faces to compare runtimes on.
 
     ``data`` may be a prepared cache folder or a FERPlusData (its test faces
-    are used); default synthetic faces from :mod:`ferlib.synth`.
+    are used); default synthetic faces from :mod:`ferlib.synth`. ``normalization``:
+    the run's, so that the batch is what the network sees in use.
     """
     if data is not None:
         from .data import FERPlusData, load_cache
@@ -144,7 +145,7 @@ def sample_batch(input_size, n=16, seed=0, data=None):
         from .synth import make_faces
 
         images = make_faces(n, seed).images
-    return preprocess(images, size=input_size)
+    return preprocess(images, size=input_size, normalization=normalization)
 
 
 def check_onnx(run_dir, onnx_path, batch=None, tolerance=PROBABILITY_TOLERANCE):
@@ -161,7 +162,9 @@ def check_onnx(run_dir, onnx_path, batch=None, tolerance=PROBABILITY_TOLERANCE):
     except ImportError:
         raise FERError("checking the ONNX file needs onnxruntime: pip install onnxruntime") from None
     size = _run_input_size(run_dir)
-    batch = sample_batch(size) if batch is None else np.asarray(batch, dtype=np.float32)
+    if batch is None:
+        batch = sample_batch(size, normalization=normalization_of(run.read_config(run_dir)))
+    batch = np.asarray(batch, dtype=np.float32)
     net = load_exported(run_dir)
     mx_prob = mx.nd.softmax(net(mx.nd.array(batch))).asnumpy()
     options = ort.SessionOptions()

@@ -30,7 +30,7 @@ from . import run
 from .errors import FERError
 from .utils import as_contexts
 from .labels import EMOTIONS, NUM_CLASSES
-from .transforms import INPUT_SIZE
+from .transforms import INPUT_SIZE, normalization_of
 
 import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
 from mxnet.gluon import nn  # noqa: E402
@@ -373,7 +373,8 @@ def get_model(name, **kwargs):
         * ``vgg13_half`` -- BatchNorm, half the channels, no dropout after the
           convolutions and one hidden dense layer of 256: the CPU recipe's
           network (140 M multiply-adds per 48x48 face); ``pretrained=True``
-          gives it with the FER+ weights that ship with ferlib;
+          gives it with the FER+ weights that ship with ferlib (it takes faces
+          prepared with ``preprocess(faces, size=48, normalization=net.normalization)``);
         * ``resnet18_v1b``, ``mobilenetv2_0.25``, ``mobilenetv2_1.0`` --
           GluonCV model-zoo networks with a grey stem and an 8-class head
           (:func:`gluoncv_backbone`; ``pretrained=True`` starts from ImageNet).
@@ -477,7 +478,9 @@ def load_run(run_dir, ctx=None):
     Returns
     -------
     net : HybridBlock
-        With the weights of ``best.params`` (not hybridized).
+        With the weights of ``best.params`` (not hybridized). ``net.normalization`` is the run's
+        intensity normalisation: feed it ``preprocess(faces, size=config["input_size"],
+        normalization=net.normalization)``.
     config : dict
         The parsed ``config.json``.
     """
@@ -511,6 +514,7 @@ def load_run(run_dir, ctx=None):
     except (AssertionError, mx.base.MXNetError) as err:
         raise FERError(f"{params_path} does not fit model {config['model']!r} with {kwargs}: "
                        f"{_mxnet_reason(err)}") from None
+    net.normalization = normalization_of(config)  # how its input must be prepared (ferlib.transforms)
     return net, config
 
 

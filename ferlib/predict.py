@@ -17,7 +17,7 @@ from .errors import FERError
 from .fileio import atomic_save
 from .labels import EMOTIONS, NUM_CLASSES
 from .metrics import accuracy, compute_metrics
-from .transforms import INPUT_SIZE, WarpParams, normalize, warp_faces
+from .transforms import DEFAULT_NORMALIZATION, INPUT_SIZE, WarpParams, normalize, warp_faces
 from .utils import as_contexts
 
 import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
@@ -56,7 +56,7 @@ def _check_views(views):
     return views
 
 
-def view_inputs(images, boxes=None, size=INPUT_SIZE, view=View()):
+def view_inputs(images, boxes=None, size=INPUT_SIZE, view=View(), normalization=DEFAULT_NORMALIZATION):
     """Network input (N, 1, size, size) of one test-time view of ``images``.
 
     The same warp and normalisation as :func:`ferlib.transforms.preprocess`;
@@ -69,11 +69,11 @@ def view_inputs(images, boxes=None, size=INPUT_SIZE, view=View()):
     params.shift_x = np.full(n, view.shift_x * size)
     params.shift_y = np.full(n, view.shift_y * size)
     params.flip = np.full(n, bool(view.flip))
-    return normalize(warp_faces(images, boxes, size, params))[:, None]
+    return normalize(warp_faces(images, boxes, size, params), normalization)[:, None]
 
 
 def predict_probabilities(net, images, boxes=None, size=INPUT_SIZE, views=PLAIN_VIEWS, batch_size=256,
-                          ctx=None, progress=False):
+                          ctx=None, progress=False, normalization=DEFAULT_NORMALIZATION):
     """Softmax probabilities of ``net`` for each face and each view.
 
     Parameters
@@ -92,6 +92,8 @@ def predict_probabilities(net, images, boxes=None, size=INPUT_SIZE, views=PLAIN_
         Where the network's parameters live; a batch is split across them.
     progress : bool
         Show a tqdm bar.
+    normalization : str
+        The run's intensity normalisation (:func:`ferlib.transforms.normalize`).
 
     Returns
     -------
@@ -114,7 +116,7 @@ def predict_probabilities(net, images, boxes=None, size=INPUT_SIZE, views=PLAIN_
         chunk = images[start:stop]
         chunk_boxes = None if boxes is None else boxes[start:stop]
         for v, view in enumerate(views):
-            x = mx.nd.array(view_inputs(chunk, chunk_boxes, size, view))
+            x = mx.nd.array(view_inputs(chunk, chunk_boxes, size, view, normalization))
             parts = gluon.utils.split_and_load(x, ctx, even_split=False) if len(ctx) > 1 else [x.as_in_context(ctx[0])]
             logits = [net(part) for part in parts]
             if logits[0].ndim != 2 or logits[0].shape[1] != NUM_CLASSES:
@@ -208,7 +210,7 @@ def load_predictions(path):
 
 
 def predict_split(net, data, split="test", size=INPUT_SIZE, tta=False, views=None, batch_size=256, ctx=None,
-                  progress=False):
+                  progress=False, normalization=DEFAULT_NORMALIZATION):
     """Predict every face of ``split`` kept in majority or crossentropy mode.
 
     Parameters
@@ -223,6 +225,8 @@ def predict_split(net, data, split="test", size=INPUT_SIZE, tta=False, views=Non
         Predict the :data:`TTA_VIEWS` too (default only the plain view).
     views : sequence of View, optional
         Overrides ``tta``; the first should be the plain view.
+    normalization : str
+        The run's intensity normalisation.
 
     Returns
     -------
@@ -247,11 +251,12 @@ def predict_split(net, data, split="test", size=INPUT_SIZE, tta=False, views=Non
     crowd_targets = np.zeros((len(rows), NUM_CLASSES), np.float32)
     crowd_targets[crowd_keep] = crowd.targets
     view_probabilities = predict_probabilities(net, data.images[rows], data.boxes[rows], size, views,
-                                               batch_size, ctx, progress)
+                                               batch_size, ctx, progress, normalization)
     return Predictions(rows=rows, probabilities=view_probabilities[0], view_probabilities=view_probabilities,
                        views=[v.name for v in views], majority_keep=majority_keep, crowd_keep=crowd_keep,
                        majority_targets=majority_targets, crowd_targets=crowd_targets,
-                       votes=np.asarray(data.votes[rows]), meta={"split": split, "input_size": size})
+                       votes=np.asarray(data.votes[rows]), meta={"split": split, "input_size": size,
+                                                                    "normalization": normalization})
 
 
 class LabelledFaces(NamedTuple):
@@ -267,9 +272,9 @@ def majority_faces(data, split):
     return LabelledFaces(faces.images, faces.boxes, faces.labels)
 
 
-def validation_accuracy(net, faces, size=INPUT_SIZE, ctx=None, batch_size=256):
+def validation_accuracy(net, faces, size=INPUT_SIZE, ctx=None, batch_size=256, normalization=DEFAULT_NORMALIZATION):
     """Accuracy of ``net`` on :class:`LabelledFaces`, plain view (what training reports per epoch)."""
     if len(faces.labels) == 0:
         return float("nan")
     return accuracy(predict_probabilities(net, faces.images, faces.boxes, size, batch_size=batch_size,
-                                          ctx=ctx)[0], faces.labels)
+                                          ctx=ctx, normalization=normalization)[0], faces.labels)

@@ -10,7 +10,7 @@ import numpy as np
 from .errors import FERError
 from .labels import NUM_CLASSES
 from .model import saliency_split
-from .transforms import INPUT_SIZE, normalize, warp_faces
+from .transforms import DEFAULT_NORMALIZATION, INPUT_SIZE, normalize, warp_faces
 
 import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
 from mxnet import autograd  # noqa: E402
@@ -92,12 +92,14 @@ def grad_cam(net, x, class_ids=None, ctx=None):
     return cams, class_ids, probabilities
 
 
-def grad_cam_faces(net, images, boxes=None, size=INPUT_SIZE, class_ids=None, ctx=None):
+def grad_cam_faces(net, images, boxes=None, size=INPUT_SIZE, class_ids=None, ctx=None,
+                   normalization=DEFAULT_NORMALIZATION):
     """Grad-CAM of raw faces: ``(cams, faces, class_ids, probabilities)``.
 
     ``faces`` (N, size, size) uint8 are the crops the network saw (the same
-    geometry as ``cams``), ready to overlay (:func:`ferlib.plots.plot_grad_cam`).
+    geometry as ``cams``), ready to overlay (:func:`ferlib.plots.plot_grad_cam`);
+    ``size`` and ``normalization`` are the run's.
     """
     faces = warp_faces(images, boxes, size)
-    cams, class_ids, probabilities = grad_cam(net, normalize(faces)[:, None], class_ids, ctx)
+    cams, class_ids, probabilities = grad_cam(net, normalize(faces, normalization)[:, None], class_ids, ctx)
     return cams, faces, class_ids, probabilities

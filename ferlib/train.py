@@ -55,7 +55,8 @@ from . import fileio, run, utils
 from .errors import FERError
 from .predict import majority_faces, validation_accuracy
 from .labels import EMOTIONS
-from .transforms import FERPLUS_AUGMENTATION, INPUT_SIZE, Augmentation
+from .transforms import (DEFAULT_NORMALIZATION, FERPLUS_AUGMENTATION, INPUT_SIZE, NORMALIZATIONS, Augmentation,
+                         check_normalization, normalization_of)
 
 import mxnet as mx  # noqa: E402  (ferlib's package __init__ has run first)
 from mxnet import autograd, gluon  # noqa: E402
@@ -94,6 +95,9 @@ class Recipe:
         Changes to the training distortion, :class:`ferlib.transforms.Augmentation`'s fields
         (e.g. ``{"max_angle": 0, "max_skew": 0, "max_scale": 1}``: shifts and flips only);
         empty: the FER+ paper's.
+    normalization
+        The intensity normalisation of every face, in training and wherever the run is used
+        (:func:`ferlib.transforms.normalize`): ``ferplus`` (the paper's) or ``standard``.
     ema_decay
         0: the run keeps its last weights. Else validation, ``best.params`` and the export use an
         exponential moving average of the weights (:class:`WeightAverage`) with this decay per step.
@@ -116,6 +120,7 @@ class Recipe:
     optimizer: str = "sgd"
     ema_decay: float = 0.0
     augmentation: dict = dataclasses.field(default_factory=dict)
+    normalization: str = DEFAULT_NORMALIZATION
 
     def replace(self, **changes):
         """This recipe with some settings changed; an unknown setting is a FERError listing them."""
@@ -130,9 +135,9 @@ class Recipe:
 #:
 #: * ``paper``: the FER+ paper's VGG13 recipe (the :class:`Recipe` defaults), for GPUs;
 #: * ``cpu``: the CPU recipe for the real data and the network of ferlib's pretrained weights:
-#:   ``vgg13_half`` at 48x48, Nesterov momentum, cosine schedule, a moving average of the
-#:   weights, shifts and flips only; 20 epochs of 3-4.5 minutes on 2 cores (82 minutes for the
-#:   shipped run; see the README's results table);
+#:   ``vgg13_half`` at 48x48, per-image standardisation, whole-pixel shifts and flips only,
+#:   Nesterov momentum, cosine schedule, a moving average of the weights; 40 epochs of about
+#:   105 s on 2 cores (about 70 minutes; see the README's results table);
 #: * ``cpu_small``: the earlier CPU recipe, a quarter of the channels, in half the time
 #:   (about 53 s per epoch, 40 epochs in about 36 minutes) and about 2.5 points less accurate;
 #: * ``synthetic``: ``cpu_small``'s network without dropout, which learns the synthetic set to
@@ -142,10 +147,11 @@ class Recipe:
 #: learning rate of 0.05, hence the differences.
 RECIPES = {
     "paper": Recipe(),
-    # Shifts and flips only: with the paper's rotations and skew, 18 epochs underfit (README, ablation).
+    # Shifts and flips only: with the paper's rotations and skew, 18 epochs underfit; whole-pixel
+    # shifts keep the 48-pixel faces sharp (README, ablation).
     "cpu": Recipe(model="vgg13_half", input_size=48, batch_size=64, lr=0.05, optimizer="nag", schedule="cosine",
-                  warmup_epochs=1, wd=5e-4, num_epochs=20, ema_decay=0.999,
-                  augmentation={"max_angle": 0.0, "max_skew": 0.0, "max_scale": 1.0}),
+                  warmup_epochs=1, wd=5e-4, num_epochs=40, ema_decay=0.999, normalization="standard",
+                  augmentation={"max_angle": 0.0, "max_skew": 0.0, "max_scale": 1.0, "whole_pixels": True}),
     "cpu_small": Recipe(model="vgg13_small", model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.5},
                         input_size=48, lr=0.02, schedule="cosine", warmup_epochs=2, wd=5e-4, num_epochs=40),
     "synthetic": Recipe(model="vgg13_small", model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.0},
@@ -165,8 +171,8 @@ def get_recipe(recipe="paper", **changes):
 #: A checkpoint file under its versioned name (see :func:`save_checkpoint`).
 _STAGED_CHECKPOINT = re.compile(r"checkpoint-\d+\.(params|states)")
 #: Settings that must not change when a run is resumed (num_epochs may grow).
-RESUME_KEYS = ("model", "model_kwargs", "mode", "input_size", "batch_size", "lr", "schedule",
-               "warmup_epochs", "lr_steps", "wd", "momentum", "optimizer", "ema_decay", "augmentation", "seed")
+RESUME_KEYS = ("model", "model_kwargs", "mode", "input_size", "batch_size", "lr", "schedule", "warmup_epochs",
+               "lr_steps", "wd", "momentum", "optimizer", "ema_decay", "augmentation", "normalization", "seed")
 
 
 # --------------------------------------------------------------------------- devices and kvstore
@@ -768,6 +774,7 @@ def _check_resumed_settings(run_dir, config):
     if not (run_dir / run.CONFIG).is_file():
         raise FERError(f"{run_dir / run.CONFIG} is missing: cannot check the settings of the run to resume")
     old = json.loads((run_dir / run.CONFIG).read_text(encoding="utf-8"))
+    old["normalization"] = normalization_of(old)  # runs from before the setting: the FER+ one
     changed = [k for k in RESUME_KEYS if old.get(k) != config[k]]
     if changed:
         raise FERError(f"cannot resume {run_dir} with different settings: "
@@ -872,7 +879,8 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
                                           start_epoch=start_epoch)
         fit(net, train_iter, val_data, fer_losses.get_loss(mode), trainer, ctx, lr_at,
             range(start_epoch, recipe.num_epochs), iters_per_epoch, recipe.batch_size * num_machines,
-            recipe.input_size, seed=seed, amp=amp, progress=progress, on_epoch=keeper, average=average)
+            recipe.input_size, seed=seed, amp=amp, progress=progress, on_epoch=keeper, average=average,
+            normalization=recipe.normalization)
         keeper.export_best(ctx, recipe.input_size)
         return {"run_dir": str(run_dir), "history": keeper.history, "best_epoch": keeper.best_epoch,
                 "best_val_acc": keeper.best_val_acc, "devices": [str(c) for c in ctx], "config": config,
@@ -880,7 +888,7 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
 
 
 def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_per_epoch, step_size, input_size,
-        seed=0, amp=False, progress=True, on_epoch=None, average=None):
+        seed=0, amp=False, progress=True, on_epoch=None, average=None, normalization=DEFAULT_NORMALIZATION):
     """The training loop, d2l style: each epoch one pass of SGD over ``train_iter``, with the learning
     rate ``lr_at(step)``, then the accuracy on ``val_data`` (:class:`ferlib.predict.LabelledFaces`);
     with a :class:`WeightAverage`, updated after each step, that of the average too.
@@ -893,12 +901,12 @@ def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_p
         mx.random.seed(_epoch_seed(seed, epoch))  # dropout of epoch e always draws from the same stream
         record = _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, epochs.stop, iters_per_epoch, lr_at,
                               step_size, amp, progress, average)
-        record["val_acc"] = validation_accuracy(net, val_data, input_size, ctx)
+        record["val_acc"] = validation_accuracy(net, val_data, input_size, ctx, normalization=normalization)
         record["val_acc_last"] = None
         if average is not None:
             with average.applied():
                 record["val_acc_last"], record["val_acc"] = record["val_acc"], \
-                    validation_accuracy(net, val_data, input_size, ctx)
+                    validation_accuracy(net, val_data, input_size, ctx, normalization=normalization)
         record["seconds"] = time.time() - record.pop("_start")
         record = {key: record[key] for key in HISTORY_KEYS}
         history.append(record)
@@ -916,6 +924,7 @@ def _checked_recipe(recipe):
                for name in ("num_epochs", "batch_size", "input_size")}
     checked["lr"] = _check_positive("lr", recipe.lr, float)
     check_optimizer(recipe.optimizer)
+    check_normalization(recipe.normalization)
     _augmentation(recipe)  # an unknown setting fails here, before anything is written
     lr_steps = tuple(int(s) for s in recipe.lr_steps)
     if len(lr_steps) != 2 or not 0 < lr_steps[0] <= lr_steps[1]:
@@ -948,7 +957,7 @@ def _run_config(recipe, mode, seed, ctx, data_name, kv, num_machines):
         "lr": recipe.lr, "schedule": recipe.schedule, "warmup_epochs": recipe.warmup_epochs,
         "lr_steps": list(recipe.lr_steps), "wd": recipe.wd, "momentum": recipe.momentum,
         "optimizer": recipe.optimizer, "ema_decay": recipe.ema_decay, "augmentation": dict(recipe.augmentation),
-        "seed": seed,
+        "normalization": recipe.normalization, "seed": seed,
         "devices": [str(c) for c in ctx], "data": data_name,
         "kvstore": kv.type if isinstance(kv, mx.kv.KVStore) else kv, "workers": num_machines,
         "ferlib_version": __version__,
@@ -967,7 +976,7 @@ def _augmentation(recipe):
 def _training_data(data, recipe, mode, seed, rank, num_machines):
     """This machine's share of the training set, and the validation faces with a majority label."""
     train_set = fer_data.FERPlusDataset(data, "train", mode, augment=_augmentation(recipe), size=recipe.input_size,
-                                        seed=seed)
+                                        seed=seed, normalization=recipe.normalization)
     if len(train_set) < recipe.batch_size * num_machines:
         raise FERError(f"the training split has {len(train_set)} faces in mode {mode!r}, fewer than one batch "
                        f"of {recipe.batch_size}" + (f" per worker ({num_machines})" if num_machines > 1 else ""))
@@ -1107,8 +1116,12 @@ def add_commands(subparsers):
     p.add_argument("--momentum", type=float, default=None, help="SGD momentum")
     p.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="sgd or nag (Nesterov momentum)")
     p.add_argument("--augment", default=None, metavar="NAME=VALUE,...",
-                   help="change the training distortion, e.g. max_angle=0,max_skew=0,max_scale=1 (shifts and "
-                        "flips only); settings: max_shift, max_scale, max_angle, max_skew, flip")
+                   help="change settings of the recipe's training distortion, e.g. max_angle=0,max_skew=0,max_scale=1 "
+                        "(shifts and flips only); settings: max_shift, max_scale, max_angle, max_skew, flip, "
+                        "whole_pixels")
+    p.add_argument("--normalization", choices=NORMALIZATIONS, default=None,
+                   help="intensity normalisation of the faces: ferplus (the paper's: histogram equalisation, "
+                        "minus the fitted plane) or standard (minus the mean, over the standard deviation)")
     p.add_argument("--ema-decay", type=float, default=None,
                    help="validate and keep a moving average of the weights with this decay per step (0: off)")
     p.add_argument("--input-size", type=int, default=None, help="network input side in pixels")
@@ -1131,9 +1144,9 @@ def recipe_from_args(args):
         ("model", args.model), ("num_epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
         ("schedule", args.schedule), ("warmup_epochs", args.warmup_epochs), ("wd", args.wd),
         ("momentum", args.momentum), ("optimizer", args.optimizer), ("ema_decay", args.ema_decay),
-        ("input_size", args.input_size)) if value is not None}
-    if args.augment is not None:
-        changes["augmentation"] = _parse_augment(args.augment)
+        ("input_size", args.input_size), ("normalization", args.normalization)) if value is not None}
+    if args.augment is not None:  # changes the recipe's distortion, setting by setting
+        changes["augmentation"] = {**base.augmentation, **_parse_augment(args.augment)}
     if args.lr_steps is not None:
         try:
             changes["lr_steps"] = tuple(int(s) for s in args.lr_steps.split(","))
@@ -1149,16 +1162,20 @@ def recipe_from_args(args):
     return base.replace(model_kwargs=model_kwargs, **changes)
 
 
+#: The on/off settings of :class:`ferlib.transforms.Augmentation`.
+_AUGMENT_SWITCHES = ("flip", "whole_pixels")
+
+
 def _parse_augment(text):
     """``"max_angle=0,flip=false"`` as ``{"max_angle": 0.0, "flip": False}``."""
     from .cli import parse_assignments
 
     def convert(name, value):
         try:
-            return {"true": True, "false": False}[value.lower()] if name == "flip" else float(value)
+            return {"true": True, "false": False}[value.lower()] if name in _AUGMENT_SWITCHES else float(value)
         except (KeyError, ValueError):
             raise FERError(f"--augment {name + '=' + value!r}: {name} takes "
-                           f"{'true or false' if name == 'flip' else 'a number'}") from None
+                           f"{'true or false' if name in _AUGMENT_SWITCHES else 'a number'}") from None
 
     return parse_assignments(text, "--augment", convert, "max_angle=0,max_skew=0")
 

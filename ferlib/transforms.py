@@ -13,6 +13,11 @@ The geometry and the normalisation are those of the FER+ reference code
   on a full pixel grid the centred x and y coordinates are orthogonal to each
   other and to the constant, so the fit is three dot products.
 
+Besides the reference's normalisation (``ferplus``) there is the plain per-image
+standardisation (``standard``: minus the mean, divided by the standard
+deviation), which the ``cpu`` recipe trains with; a run records its choice in
+``config.json`` and everything that uses the run preprocesses with it.
+
 :func:`preprocess` is the one entry point used by training, evaluation and the
 model server, so all three see exactly the same pixels.
 """
@@ -26,6 +31,10 @@ from .errors import FERError
 
 #: Input side of the FER+ network.
 INPUT_SIZE = 64
+
+#: The intensity normalisations (:func:`normalize`); the first is the default, the FER+ reference's.
+NORMALIZATIONS = ("ferplus", "standard")
+DEFAULT_NORMALIZATION = NORMALIZATIONS[0]
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,10 @@ class Augmentation:
         Largest shear in x and in y.
     flip : bool
         Mirror left-right with probability 1/2.
+    whole_pixels : bool
+        Round the shifts to whole pixels. Without rotation, skew or zoom, and with the face box
+        as large as the output, the face is then copied, not resampled: a random crop of the
+        mirror-padded face, which keeps its sharpness.
     """
 
     max_shift: float = 0.08
@@ -51,6 +64,7 @@ class Augmentation:
     max_angle: float = 20.0
     max_skew: float = 0.05
     flip: bool = True
+    whole_pixels: bool = False
 
 
 #: The FER+ training distortion.
@@ -82,9 +96,12 @@ class WarpParams:
         u = rng.uniform(-1.0, 1.0, size=(5, n))
         zoom = rng.uniform(1.0, a.max_scale, size=(2, n))
         zoom = np.where(rng.random((2, n)) < 0.5, 1.0 / zoom, zoom)
+        shift = size * a.max_shift * u[:2]
+        if a.whole_pixels:
+            shift = np.round(shift)
         return cls(
-            shift_x=size * a.max_shift * u[0],
-            shift_y=size * a.max_shift * u[1],
+            shift_x=shift[0],
+            shift_y=shift[1],
             scale_x=zoom[0],
             scale_y=zoom[1],
             angle=a.max_angle * u[2],
@@ -183,19 +200,46 @@ def _plane_basis(height, width):
     return np.stack([c / np.linalg.norm(c) for c in columns], axis=1).astype(np.float32)
 
 
-def normalize(faces):
-    """FER+ intensity normalisation of a batch of uint8 faces; float32, same shape.
+def check_normalization(normalization):
+    """``normalization`` if it is one of :data:`NORMALIZATIONS`, else a FERError listing them."""
+    if normalization not in NORMALIZATIONS:
+        raise FERError(f"unknown normalization {normalization!r}; choose one of: {', '.join(NORMALIZATIONS)}")
+    return normalization
 
-    Histogram equalisation maps each image's grey levels through its own CDF
-    to (-1, 1]; then the best-fitting plane ``a + b*x + c*y`` (uneven lighting)
-    is subtracted and the result divided by its standard deviation (left as is
-    when that is below 1e-6, e.g. a flat image).
+
+def normalization_of(config):
+    """The normalisation of a run's ``config.json`` dict (runs from before the setting: ``ferplus``)."""
+    return check_normalization(config.get("normalization", DEFAULT_NORMALIZATION))
+
+
+def normalize(faces, normalization=DEFAULT_NORMALIZATION):
+    """Intensity normalisation of a batch of uint8 faces (N, H, W) or one face; float32, same shape.
+
+    ``ferplus`` (the FER+ reference's): histogram equalisation maps each image's grey levels
+    through its own CDF to (-1, 1]; then the best-fitting plane ``a + b*x + c*y`` (uneven
+    lighting) is subtracted. ``standard``: each image minus its mean. Both then divide by the
+    standard deviation (left as is when that is below 1e-6, e.g. a flat image).
     """
+    check_normalization(normalization)
     faces = np.asarray(faces)
     if faces.dtype != np.uint8:
         raise FERError(f"normalize expects uint8 faces, got {faces.dtype}")
     squeeze = faces.ndim == 2
     batch = faces[None] if squeeze else faces
+    n, height, width = batch.shape
+    if normalization == "standard":
+        residual = batch.reshape(n, -1).astype(np.float32)
+        residual -= residual.mean(axis=1, keepdims=True)
+    else:
+        residual = _equalized_without_plane(batch)
+    std = np.sqrt(np.einsum("ij,ij->i", residual, residual) / residual.shape[1])[:, None]
+    residual = np.divide(residual, std, out=residual, where=std > 1e-6)
+    out = residual.reshape(n, height, width)
+    return out[0] if squeeze else out
+
+
+def _equalized_without_plane(batch):
+    """The FER+ histogram equalisation of uint8 (N, H, W), minus its least-squares plane; (N, H*W)."""
     n, height, width = batch.shape
     # Give each image its own 256 bins: one index serves the histogram and the lookup.
     index = batch.reshape(n, -1).astype(np.int32)
@@ -206,13 +250,11 @@ def normalize(faces):
     residual = cdf.ravel()[index]
     basis = _plane_basis(height, width)
     residual -= (residual @ basis) @ basis.T
-    std = np.sqrt(np.einsum("ij,ij->i", residual, residual) / residual.shape[1])[:, None]
-    residual = np.divide(residual, std, out=residual, where=std > 1e-6)
-    out = residual.reshape(n, height, width)
-    return out[0] if squeeze else out
+    return residual
 
 
-def preprocess(images, boxes=None, size=INPUT_SIZE, augmentation=None, rng=None):
+def preprocess(images, boxes=None, size=INPUT_SIZE, augmentation=None, rng=None,
+               normalization=DEFAULT_NORMALIZATION):
     """Images and face boxes to network input: float32 of shape (N, 1, size, size).
 
     Parameters
@@ -223,7 +265,10 @@ def preprocess(images, boxes=None, size=INPUT_SIZE, augmentation=None, rng=None)
         Draw a fresh random distortion per image (training); ``None`` for evaluation.
     rng : numpy.random.Generator, optional
         Source of the distortions (required with ``augmentation``).
+    normalization : str
+        One of :data:`NORMALIZATIONS` (see :func:`normalize`): the run's ``normalization``.
     """
+    check_normalization(normalization)
     images = _as_image_list(images)
     params = None
     if augmentation is not None:
@@ -231,7 +276,7 @@ def preprocess(images, boxes=None, size=INPUT_SIZE, augmentation=None, rng=None)
             raise FERError("augmentation draws random distortions: pass rng=numpy.random.default_rng(seed)")
         params = WarpParams.draw(len(images), size, rng, augmentation)
     faces = warp_faces(images, boxes, size, params)
-    return normalize(faces)[:, None]
+    return normalize(faces, normalization)[:, None]
 
 
 def to_grey_uint8(image):

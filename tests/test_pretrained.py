@@ -43,7 +43,7 @@ def test_the_pretrained_run_was_trained_with_the_cpu_recipe_as_it_is():
 
     config, recipe = run.read_config(run.PRETRAINED), RECIPES["cpu"]
     for name in ("model", "input_size", "num_epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
-                 "wd", "momentum", "ema_decay"):
+                 "wd", "momentum", "ema_decay", "normalization"):
         assert config[name] == getattr(recipe, name), name
     assert config["augmentation"] == recipe.augmentation and config["seed"] == 0
 
@@ -71,6 +71,8 @@ def test_get_model_pretrained_is_the_shipped_network():
     exported = ferlib.model.load_exported(run.PRETRAINED)
     x = mx.nd.random.normal(shape=(3, 1, 48, 48))
     np.testing.assert_allclose(net(x).asnumpy(), exported(x).asnumpy(), rtol=1e-4, atol=1e-5)
+    # It carries how its faces must be prepared: the shipped run's normalisation.
+    assert net.normalization == ferlib.transforms.normalization_of(run.read_config(run.PRETRAINED)) == "standard"
     with pytest.raises(FERError, match="vgg13 has no pretrained weights: ferlib ships FER\\+ weights for 'vgg13_half'"):
         ferlib.model.get_model("vgg13", pretrained=True)
     with pytest.raises(FERError, match="built as it was trained"):

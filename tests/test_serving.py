@@ -382,6 +382,7 @@ def test_archive_holds_the_model_the_settings_and_ferlib_code_unchanged(untraine
     assert manifest["runtime"] == "python3"
     assert settings["input_size"] == INPUT_SIZE and settings["emotions"] == list(EMOTIONS)
     assert settings["model_version"] == "2.3" and settings["limits"]["max_pixels"] > 0
+    assert settings["preprocessing"]["normalization"] == "ferplus"  # a run from before there was a choice
     names = {name for name, _ in files}
     assert {"model-symbol.json", "model-0000.params", "labels.json", "serving.json", "fer_service.py"} <= names
     with zipfile.ZipFile(mar) as z:

@@ -16,7 +16,7 @@ from ferlib import cli
 from ferlib import data as fer_data
 from ferlib import model as fer_model
 from ferlib import train as fer_train
-from ferlib.predict import majority_faces, validation_accuracy
+from ferlib.predict import majority_faces, predict_probabilities, validation_accuracy
 
 import mxnet as mx  # noqa: E402  (after ferlib)
 
@@ -411,3 +411,42 @@ def test_the_augmentation_is_a_recipe_setting(synthetic_cache, tmp_path):
     assert (changed.max_angle, changed.max_shift, changed.flip) == (0.0, FERPLUS_AUGMENTATION.max_shift, False)
     fer_train.train(synthetic_cache, tmp_path / "run", augmentation={"max_angle": 0.0}, num_epochs=1, **TINY)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["augmentation"] == {"max_angle": 0.0}
+    # --augment changes the named recipe's distortion setting by setting; whole_pixels is a switch.
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--recipe", "cpu",
+                                      "--augment", "max_shift=0.1,whole_pixels=false", "--normalization", "ferplus"])
+    recipe = fer_train.recipe_from_args(args)
+    assert recipe.augmentation == {**fer_train.RECIPES["cpu"].augmentation, "max_shift": 0.1, "whole_pixels": False}
+    assert recipe.normalization == "ferplus" and fer_train.RECIPES["cpu"].normalization == "standard"
+
+
+def test_a_run_is_used_with_the_normalisation_it_was_trained_with(synthetic_cache, tmp_path):
+    from ferlib.evaluate import evaluate_run
+    from ferlib.serving import FacePredictor, package_run, read_archive
+    from ferlib.transforms import preprocess
+
+    with pytest.raises(FERError, match="unknown normalization 'zscore'"):
+        fer_train.train(synthetic_cache, tmp_path / "bad", normalization="zscore", num_epochs=1, **TINY)
+    assert not (tmp_path / "bad" / "config.json").exists()
+    result = fer_train.train(synthetic_cache, tmp_path / "run", normalization="standard", num_epochs=1, **TINY)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["normalization"] == "standard"
+    data = fer_data.load_cache(synthetic_cache)
+    val_faces = majority_faces(data, "val")
+    exported = fer_model.load_exported(tmp_path / "run")
+    accuracy = {n: validation_accuracy(exported, val_faces, 32, [mx.cpu()], normalization=n)
+                for n in ("standard", "ferplus")}
+    assert accuracy["standard"] == pytest.approx(result["best_val_acc"])
+    # The other normalisation is another input: other answers (a one-epoch network may still rank alike).
+    probabilities = {n: predict_probabilities(exported, val_faces.images[:16], val_faces.boxes[:16], 32,
+                                              normalization=n)[0] for n in ("standard", "ferplus")}
+    assert np.abs(probabilities["standard"] - probabilities["ferplus"]).max() > 1e-3
+    evaluation = evaluate_run(tmp_path / "run", synthetic_cache, split="val", save=False)
+    assert evaluation["normalization"] == "standard" and evaluation["accuracy"] == pytest.approx(accuracy["standard"])
+    predictor = FacePredictor(tmp_path / "run")
+    crops = list(data.images[:3])
+    assert predictor.normalization == "standard"
+    assert np.array_equal(predictor.network_input(crops), preprocess(np.stack(crops), size=32,
+                                                                      normalization="standard"))
+    _, settings, _ = read_archive(package_run(tmp_path / "run", tmp_path / "fer.mar"))
+    assert settings["preprocessing"]["normalization"] == "standard"
+    overridden = FacePredictor(tmp_path / "run", settings={"preprocessing": {"normalization": "ferplus"}})
+    assert overridden.normalization == "ferplus"

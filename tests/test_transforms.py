@@ -6,7 +6,8 @@ import pytest
 import scipy_reference  # bench/, on the path via conftest
 
 from ferlib import FERError
-from ferlib.transforms import (FERPLUS_AUGMENTATION, Augmentation, WarpParams, normalize, preprocess,
+from ferlib.transforms import (FERPLUS_AUGMENTATION, NORMALIZATIONS, Augmentation, WarpParams, normalization_of,
+                               normalize, preprocess,
                                to_grey_uint8, warp_faces)
 
 
@@ -108,6 +109,50 @@ def test_augmentation_ranges_are_respected():
     assert 1 / 1.05 <= p.scale_x.min() and p.scale_x.max() <= 1.05
     assert 0.45 < p.flip.mean() < 0.55
     assert not WarpParams.draw(100, 64, np.random.default_rng(0), Augmentation(flip=False)).flip.any()
+
+
+def test_standard_normalisation_keeps_the_contrast_the_ferplus_one_equalises(faces):
+    standard = normalize(faces, "standard")
+    pixels = faces.reshape(len(faces), -1).astype(np.float64)
+    expected = (pixels - pixels.mean(axis=1, keepdims=True)) / pixels.std(axis=1, keepdims=True)
+    assert np.allclose(standard.reshape(len(faces), -1), expected, atol=1e-5)
+    # Standardisation undoes any gain and offset, and no more: a gamma curve survives it ...
+    brighter = (faces.astype(np.float64) * 0.5 + 100).astype(np.uint8)
+    assert np.allclose(normalize(brighter, "standard"), standard, atol=0.02)
+    gamma = (255 * (faces / 255.0) ** 2.2).astype(np.uint8)
+    assert np.abs(normalize(gamma, "standard") - standard).mean() > 0.1
+    # ... which the FER+ histogram equalisation removes (same grey-level order, same ranks).
+    ferplus, ferplus_gamma = normalize(faces), normalize(gamma)
+    assert np.abs(ferplus_gamma - ferplus).mean() < np.abs(normalize(gamma, "standard") - standard).mean() / 2
+    assert np.array_equal(preprocess(faces, size=48, normalization="standard")[:, 0], standard)
+    assert normalize(np.full((48, 48), 7, np.uint8), "standard").max() == 0  # flat: zero, not divided
+
+
+def test_a_normalisation_is_named_and_read_from_a_run_config(faces):
+    assert NORMALIZATIONS[0] == "ferplus" and normalization_of({}) == "ferplus"  # runs from before the setting
+    assert normalization_of({"normalization": "standard"}) == "standard"
+    for call in (lambda: normalize(faces, "zscore"), lambda: preprocess(faces, normalization="zscore"),
+                 lambda: normalization_of({"normalization": "zscore"})):
+        with pytest.raises(FERError, match="unknown normalization 'zscore'; choose one of: ferplus, standard"):
+            call()
+
+
+def test_whole_pixel_shifts_copy_the_face_without_resampling(faces):
+    shifts_and_flips = Augmentation(max_angle=0, max_skew=0, max_scale=1, whole_pixels=True)
+    many = WarpParams.draw(1000, 48, np.random.default_rng(0), shifts_and_flips)
+    assert set(np.unique(many.shift_x)) == set(range(-4, 5)) == set(np.unique(many.shift_y))  # 8% of 48, rounded
+    params = WarpParams.draw(len(faces), 48, np.random.default_rng(0), shifts_and_flips)
+    warped = warp_faces(faces, size=48, params=params)
+    for face, out, dx, dy, flip in zip(faces, warped, params.shift_x, params.shift_y, params.flip):
+        out = out[:, ::-1] if flip else out  # the mirror comes after the warp
+        # The output pixel (x, y) is the source pixel (x - dx, y - dy): a crop of the mirror-padded face.
+        padded = np.pad(face, 8, mode="symmetric")
+        x0, y0 = 8 - int(dx), 8 - int(dy)
+        assert np.array_equal(out, padded[y0:y0 + 48, x0:x0 + 48])
+    # Sub-pixel shifts resample: the same draw without rounding is no copy.
+    blurred = warp_faces(faces, size=48, params=WarpParams.draw(len(faces), 48, np.random.default_rng(0),
+                                                                Augmentation(max_angle=0, max_skew=0, max_scale=1)))
+    assert not np.array_equal(blurred, warped)
 
 
 def test_flip_mirrors_the_face():

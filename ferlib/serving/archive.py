@@ -27,6 +27,7 @@ from pathlib import Path
 from ..errors import FERError
 from ..labels import EMOTIONS
 from .. import run
+from ..transforms import normalization_of
 from .handler import FacePredictor, serving_settings
 
 #: Name of the copied package inside the archive, and of the entry module.
@@ -59,8 +60,8 @@ from {RUNTIME_PACKAGE}.serving.handler import handle  # noqa: F401
 
 
 def _run_summary(run_dir, config):
-    summary = {key: config[key] for key in ("model", "model_kwargs", "mode", "input_size", "num_epochs",
-                                            "ferlib_version") if key in config}
+    summary = {key: config[key] for key in ("model", "model_kwargs", "mode", "input_size", "normalization",
+                                            "num_epochs", "ferlib_version") if key in config}
     best = run_dir / run.BEST_JSON
     if best.is_file():
         try:
@@ -86,7 +87,7 @@ def stage_archive(run_dir, stage_dir, version="1.0", detector=None, limits=None)
         raise FERError(f"{run_dir / run.CONFIG}: emotions {emotions} are not ferlib's {list(EMOTIONS)}")
     if "input_size" not in config:
         raise FERError(f"{run_dir / run.CONFIG} lacks input_size")
-    settings = serving_settings(config["input_size"], emotions, detector, limits)
+    settings = serving_settings(config["input_size"], emotions, detector, limits, normalization_of(config))
     settings["model_version"] = str(version)
     settings["run"] = _run_summary(run_dir, config)
 

@@ -41,7 +41,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from .. import run
 from ..errors import FERError
 from ..labels import EMOTIONS
-from ..transforms import preprocess, to_grey_uint8
+from ..transforms import (DEFAULT_NORMALIZATION, check_normalization, normalization_of, preprocess,
+                          to_grey_uint8)
 from ..formats import IMAGE_SIDE
 from .faces import DEFAULT_DETECTOR, FaceDetector, clip_box, cut_face, whole_image_face
 
@@ -172,13 +173,14 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def serving_settings(input_size, emotions=EMOTIONS, detector=None, limits=None):
+def serving_settings(input_size, emotions=EMOTIONS, detector=None, limits=None, normalization=DEFAULT_NORMALIZATION):
     """The settings a served model needs besides its weights (the archive's serving.json)."""
     return {
         "input_size": int(input_size),
         "emotions": list(emotions),
         "preprocessing": {
             "function": "ferlib.transforms.preprocess",
+            "normalization": check_normalization(normalization),
             "face_resolution": IMAGE_SIDE,
             "grey": "ferlib.transforms.to_grey_uint8",
         },
@@ -212,6 +214,9 @@ class FacePredictor:
         self.ctx = ctx or mx.cpu()
         self.settings = self._read_settings(settings)
         self.input_size = self.settings["input_size"]
+        # Archives packaged before there was a choice were trained with the FER+ reference's.
+        self.normalization = check_normalization(self.settings["preprocessing"].get("normalization",
+                                                                                    DEFAULT_NORMALIZATION))
         self.emotions = list(self.settings["emotions"])
         # Archives packaged before a limit existed take its default, once, here.
         self.limits = {**DEFAULT_LIMITS, **self.settings["limits"]}
@@ -233,7 +238,8 @@ class FacePredictor:
             settings = self._read_json(run.SERVING)
         elif os.path.isfile(self._path(run.CONFIG)):  # a training run folder
             config = run.read_config(self.model_dir)
-            settings = serving_settings(config["input_size"], config.get("emotions", EMOTIONS))
+            settings = serving_settings(config["input_size"], config.get("emotions", EMOTIONS),
+                                        normalization=normalization_of(config))
         else:
             raise FERError(f"{self.model_dir} has neither {run.SERVING} (a model archive) nor "
                            "config.json (a training run folder)")
@@ -305,7 +311,7 @@ class FacePredictor:
 
     def network_input(self, crops):
         """The network input (N, 1, S, S) of 48x48 uint8 face crops: ferlib.transforms.preprocess, as in training."""
-        return preprocess(np.stack(crops), size=self.input_size)
+        return preprocess(np.stack(crops), size=self.input_size, normalization=self.normalization)
 
     def probabilities(self, crops):
         """(N, 8) probabilities of 48x48 uint8 face crops, in one forward pass."""
