@@ -1118,7 +1118,7 @@ def add_commands(subparsers):
     p.add_argument("--augment", default=None, metavar="NAME=VALUE,...",
                    help="change settings of the recipe's training distortion, e.g. max_angle=0,max_skew=0,max_scale=1 "
                         "(shifts and flips only); settings: max_shift, max_scale, max_angle, max_skew, flip, "
-                        "whole_pixels")
+                        "whole_pixels, erase (a probability)")
     p.add_argument("--normalization", choices=NORMALIZATIONS, default=None,
                    help="intensity normalisation of the faces: ferplus (the paper's: histogram equalisation, "
                         "minus the fitted plane) or standard (minus the mean, over the standard deviation)")

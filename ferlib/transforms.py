@@ -57,6 +57,10 @@ class Augmentation:
         Round the shifts to whole pixels. Without rotation, skew or zoom, and with the face box
         as large as the output, the face is then copied, not resampled: a random crop of the
         mirror-padded face, which keeps its sharpness.
+    erase : float
+        Probability of random erasing (Zhong et al. 2017, :func:`erase_patches`): one rectangle
+        of the normalised face set to 0, its mean, so that the network cannot lean on any one part
+        of the face. 0: never (the paper's).
     """
 
     max_shift: float = 0.08
@@ -65,6 +69,11 @@ class Augmentation:
     max_skew: float = 0.05
     flip: bool = True
     whole_pixels: bool = False
+    erase: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.erase <= 1.0:
+            raise FERError(f"augmentation erase is a probability, from 0 to 1; got {self.erase!r}")
 
 
 #: The FER+ training distortion.
@@ -253,6 +262,31 @@ def _equalized_without_plane(batch):
     return residual
 
 
+#: Random erasing's rectangle: its area as a fraction of the face, and its height / width.
+ERASE_AREA = (0.02, 0.25)
+ERASE_ASPECT = (0.3, 3.3)
+
+
+def erase_patches(x, rng, probability):
+    """Random erasing of normalised faces ``x`` (N, H, W), in place: with ``probability``, one
+    rectangle of each face, of :data:`ERASE_AREA` and :data:`ERASE_ASPECT`, set to 0.
+
+    Every face draws its rectangle whether or not it is erased, so the random stream does not
+    depend on which faces were.
+    """
+    n, height, width = x.shape
+    erased = rng.random(n) < probability
+    area = rng.uniform(*ERASE_AREA, size=n) * height * width
+    aspect = np.exp(rng.uniform(*np.log(ERASE_ASPECT), size=n))
+    h = np.clip(np.round(np.sqrt(area * aspect)), 1, height).astype(int)
+    w = np.clip(np.round(np.sqrt(area / aspect)), 1, width).astype(int)
+    top = (rng.random(n) * (height - h + 1)).astype(int)
+    left = (rng.random(n) * (width - w + 1)).astype(int)
+    for i in np.flatnonzero(erased):
+        x[i, top[i]:top[i] + h[i], left[i]:left[i] + w[i]] = 0.0
+    return x
+
+
 def preprocess(images, boxes=None, size=INPUT_SIZE, augmentation=None, rng=None,
                normalization=DEFAULT_NORMALIZATION):
     """Images and face boxes to network input: float32 of shape (N, 1, size, size).
@@ -275,8 +309,10 @@ def preprocess(images, boxes=None, size=INPUT_SIZE, augmentation=None, rng=None,
         if rng is None:
             raise FERError("augmentation draws random distortions: pass rng=numpy.random.default_rng(seed)")
         params = WarpParams.draw(len(images), size, rng, augmentation)
-    faces = warp_faces(images, boxes, size, params)
-    return normalize(faces, normalization)[:, None]
+    x = normalize(warp_faces(images, boxes, size, params), normalization)
+    if augmentation is not None and augmentation.erase:
+        erase_patches(x, rng, augmentation.erase)
+    return x[:, None]
 
 
 def to_grey_uint8(image):

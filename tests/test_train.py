@@ -413,9 +413,13 @@ def test_the_augmentation_is_a_recipe_setting(synthetic_cache, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["augmentation"] == {"max_angle": 0.0}
     # --augment changes the named recipe's distortion setting by setting; whole_pixels is a switch.
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--recipe", "cpu",
-                                      "--augment", "max_shift=0.1,whole_pixels=false", "--normalization", "ferplus"])
+                                      "--augment", "max_shift=0.1,whole_pixels=false,erase=0.5", "--normalization", "ferplus"])
     recipe = fer_train.recipe_from_args(args)
-    assert recipe.augmentation == {**fer_train.RECIPES["cpu"].augmentation, "max_shift": 0.1, "whole_pixels": False}
+    assert recipe.augmentation == {**fer_train.RECIPES["cpu"].augmentation, "max_shift": 0.1, "whole_pixels": False,
+                                   "erase": 0.5}
+    with pytest.raises(FERError, match="erase is a probability"):  # before anything is written
+        fer_train.train(synthetic_cache, tmp_path / "erase", augmentation={"erase": 2.0}, num_epochs=1, **TINY)
+    assert not (tmp_path / "erase").exists()
     assert recipe.normalization == "ferplus" and fer_train.RECIPES["cpu"].normalization == "standard"
 
 

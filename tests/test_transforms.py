@@ -155,6 +155,30 @@ def test_whole_pixel_shifts_copy_the_face_without_resampling(faces):
     assert not np.array_equal(blurred, warped)
 
 
+def test_random_erasing_blanks_one_rectangle_of_some_faces(faces):
+    from ferlib.transforms import ERASE_AREA
+
+    def inputs(erase, seed=0):
+        augmentation = Augmentation(max_angle=0, max_skew=0, max_scale=1, erase=erase)
+        return preprocess(faces, size=48, augmentation=augmentation, rng=np.random.default_rng(seed),
+                          normalization="standard")[:, 0]
+
+    kept, erased = inputs(0.0), inputs(1.0)
+    for face, out in zip(kept, erased):
+        changed = face != out
+        rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+        assert len(rows) and np.all(out[rows.min():rows.max() + 1, cols.min():cols.max() + 1] == 0)  # one block
+        area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) / 48 ** 2
+        assert ERASE_AREA[0] / 2 <= area <= ERASE_AREA[1] * 1.2  # rounded to whole pixels
+    many = np.repeat(faces[:1], 400, axis=0)
+    half = preprocess(many, size=48, augmentation=Augmentation(erase=0.5), rng=np.random.default_rng(1))[:, 0]
+    whole = preprocess(many, size=48, augmentation=Augmentation(), rng=np.random.default_rng(1))[:, 0]
+    share = np.mean([(a != b).any() for a, b in zip(half, whole)])
+    assert 0.4 < share < 0.6
+    with pytest.raises(FERError, match="erase is a probability, from 0 to 1; got 1.5"):
+        Augmentation(erase=1.5)
+
+
 def test_flip_mirrors_the_face():
     img = np.zeros((48, 48), np.uint8)
     img[:, :10] = 255  # bright left edge
