@@ -77,9 +77,11 @@ def _mxnet_exporter_compat(onnx):
             sys.modules.pop("onnx.mapping", None)
 
 
-def _run_input_size(run_dir):
+def _run_input(run_dir):
+    """The run's input size and normalisation, from one read of its config."""
+    config = run.read_config(run_dir)
     try:
-        return int(run.read_config(run_dir)["input_size"])
+        return int(config["input_size"]), normalization_of(config)
     except (TypeError, ValueError) as err:
         raise FERError(f"{Path(run_dir) / run.CONFIG}: cannot read input_size ({err})") from None
 
@@ -105,7 +107,7 @@ def export_onnx(run_dir, onnx_path, input_size=None):
     for name in (run.EXPORT_SYMBOL, run.EXPORT_PARAMS):
         if not (run_dir / name).is_file():
             raise FERError(f"{run_dir / name} is missing: the run has no exported network")
-    size = input_size or _run_input_size(run_dir)
+    size = input_size or _run_input(run_dir)[0]
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = onnx_path.with_name(f".{onnx_path.name}.tmp")
     with warnings.catch_warnings(), _mxnet_exporter_compat(onnx):
@@ -161,10 +163,8 @@ def check_onnx(run_dir, onnx_path, batch=None, tolerance=PROBABILITY_TOLERANCE):
         import onnxruntime as ort
     except ImportError:
         raise FERError("checking the ONNX file needs onnxruntime: pip install onnxruntime") from None
-    size = _run_input_size(run_dir)
-    if batch is None:
-        batch = sample_batch(size, normalization=normalization_of(run.read_config(run_dir)))
-    batch = np.asarray(batch, dtype=np.float32)
+    size, normalization = _run_input(run_dir)
+    batch = np.asarray(sample_batch(size, normalization=normalization) if batch is None else batch, dtype=np.float32)
     net = load_exported(run_dir)
     mx_prob = mx.nd.softmax(net(mx.nd.array(batch))).asnumpy()
     options = ort.SessionOptions()
