@@ -220,6 +220,91 @@ def format_result(result):
     return "\n".join(lines)
 
 
+#: Columns of :func:`format_results_table`: heading, and the key of :func:`run_results` it shows
+#: (a pair of keys: plain, then TTA in brackets).
+RESULTS_COLUMNS = (
+    ("run", "run"), ("model, input", "network"), ("training labels", "mode"), ("seed", "seed"),
+    ("epochs (best)", "epochs"), ("training time", "training_time"), ("val acc", "val_acc"),
+    ("**test acc**", "accuracy"), ("test acc, TTA", "tta_accuracy"),
+    ("top-2 (TTA)", ("top2_accuracy", "tta_top2_accuracy")), ("KL to crowd (TTA)", ("kl", "tta_kl")),
+    ("ECE (TTA)", ("ece", "tta_ece")),
+)
+
+
+def results_json_path(run_dir, split="test"):
+    """The evaluation of a run that :func:`run_results` reads: where ``evaluate`` writes by default
+    (:func:`default_json_path`), and for ``pretrained`` the test evaluation shipped with it."""
+    if run.is_pretrained(run_dir) and split == "test":
+        return run.locate(run_dir) / run.PRETRAINED_EVALUATION
+    return default_json_path(run_dir, split)
+
+
+def run_results(run_dir, split="test"):
+    """One run's row of a results table: its settings (``config.json``), its training (``history.json``:
+    epochs and their summed time, validation included; ``best.json``: the kept epoch and its validation
+    accuracy) and its evaluation on ``split`` (:func:`results_json_path`, written by ``evaluate``)."""
+    folder = run.locate(run_dir)
+    config = run.read_config(run_dir, required=("model", "mode", "input_size"))
+    history, best = run.read_json(folder / run.HISTORY_JSON), run.read_json(folder / run.BEST_JSON)
+    path = results_json_path(run_dir, split)
+    if not path.is_file():
+        raise FERError(f"{path} is missing: evaluate the run first (python -m ferlib evaluate --run {run_dir} "
+                       f"--data CACHE --split {split} --tta)")
+    evaluation = run.read_json(path)
+    if evaluation.get("split") != split:
+        raise FERError(f"{path} is an evaluation of the {evaluation.get('split')!r} split, not of {split!r}")
+    if not history or not isinstance(history, list):
+        raise FERError(f"{folder / run.HISTORY_JSON} holds no epoch: the run has not finished one")
+    row = {"run": str(run_dir), "model": config["model"], "input_size": config["input_size"],
+           "network": f"`{config['model']}`, {config['input_size']}x{config['input_size']}",
+           "mode": config["mode"], "seed": config.get("seed"), "num_epochs": len(history),
+           "best_epoch": best.get("epoch"), "seconds": float(sum(record["seconds"] for record in history)),
+           "val_acc": best.get("val_acc")}
+    row["epochs"] = f"{row['num_epochs']} ({row['best_epoch']})"
+    minutes, seconds = divmod(round(row["seconds"]), 60)
+    row["training_time"] = f"{minutes} min {seconds:02d} s"
+    for key in ("accuracy", "tta_accuracy", "top2_accuracy", "tta_top2_accuracy", "kl", "tta_kl", "ece",
+                "tta_ece"):
+        row[key] = evaluation.get(key)
+    return row
+
+
+def _results_cell(row, key):
+    def fmt(name):
+        value = row.get(name)
+        if value is None:
+            return "-"
+        if isinstance(value, (str, int)):
+            return str(value)
+        return f"{100 * value:.2f}%" if name.endswith("acc") or name.endswith("accuracy") else f"{value:.3f}"
+    if isinstance(key, tuple):
+        return f"{fmt(key[0])} ({fmt(key[1])})"
+    cell = fmt(key)
+    return f"**{cell}**" if key == "accuracy" else cell
+
+
+def format_results_table(rows):
+    """A Markdown table of :func:`run_results` rows (the README's results tables are printed so), and
+    below it, for each training scheme with several runs, the spread of their test accuracy."""
+    lines = ["| " + " | ".join(heading for heading, _ in RESULTS_COLUMNS) + " |",
+             "|" + " --- |" * len(RESULTS_COLUMNS)]
+    lines += ["| " + " | ".join(_results_cell(row, key) for _, key in RESULTS_COLUMNS) + " |" for row in rows]
+    modes = {}
+    for row in rows:
+        modes.setdefault(row["mode"], []).append(row)
+    for mode, runs in modes.items():
+        if len(runs) > 1:
+            plain = [100 * r["accuracy"] for r in runs]
+            lines.append(f"\n{mode}, {len(runs)} runs: test accuracy {min(plain):.2f}-{max(plain):.2f}% "
+                         f"(mean {np.mean(plain):.2f}%)")
+    return "\n".join(lines)
+
+
+def _results_command(args):
+    print(format_results_table([run_results(run_dir, args.split) for run_dir in args.runs]))
+    return 0
+
+
 def add_commands(subparsers):
     p = subparsers.add_parser(
         "evaluate", help="test metrics of a training run: accuracy, F1, confusion, crowd KL, ECE, TTA",
@@ -235,6 +320,15 @@ def add_commands(subparsers):
     p.add_argument("--gpus", default=None, help="GPU ids such as 0 or 0,1, or 'cpu' (default: as train, "
                                                 "every GPU MXNet can use, else the CPU)")
     p.set_defaults(func=_evaluate_command)
+
+    p = subparsers.add_parser(
+        "results", help="a Markdown table of evaluated runs (the README's results tables)",
+        description="One row per run folder, from its config, history, best epoch and eval-SPLIT.json "
+                    "(python -m ferlib evaluate --tta writes it): test accuracy plain and with TTA, top-2, "
+                    "KL to the crowd, ECE, epochs and the summed time of the epochs.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders, or 'pretrained'")
+    p.add_argument("--split", default="test", help="the evaluated split whose figures to show (default test)")
+    p.set_defaults(func=_results_command)
 
 
 def _evaluate_command(args):

@@ -358,6 +358,51 @@ def test_cli_evaluate(tiny_run, synthetic_cache, tmp_path, capsys):
     assert code == 2 and "unknown split" in capsys.readouterr().err
 
 
+def finished_run(run_dir, seed, seconds):
+    """A run folder of :func:`make_run` with the history and best epoch a finished training writes."""
+    run_dir, _ = make_run(run_dir, seed=seed)
+    history = [{"epoch": epoch, "loss": 1.0, "train_acc": 0.5, "val_acc": 0.4 + epoch / 100, "seconds": s}
+               for epoch, s in enumerate(seconds, 1)]
+    (run_dir / "history.json").write_text(json.dumps(history))
+    (run_dir / "best.json").write_text(json.dumps({"epoch": len(seconds), "val_acc": history[-1]["val_acc"]}))
+    return run_dir
+
+
+def test_results_table_of_evaluated_runs(synthetic_cache, tmp_path, capsys):
+    runs = [finished_run(tmp_path / f"run-s{seed}", seed, [62.5, 63.75]) for seed in (0, 1)]
+    with pytest.raises(FERError, match="eval-test.json is missing: evaluate the run first.*--tta"):
+        ev.run_results(runs[0])
+    results = [ev.evaluate_run(r, synthetic_cache, split="test", tta=True) for r in runs]
+    rows = [ev.run_results(r) for r in runs]
+    for row, result, seed in zip(rows, results, (0, 1)):
+        assert row["seed"] == seed and row["mode"] == "crossentropy" and row["epochs"] == "2 (2)"
+        assert row["seconds"] == 126.25 and row["training_time"] == "2 min 06 s"
+        assert row["val_acc"] == pytest.approx(0.42)
+        for key in ("accuracy", "tta_accuracy", "top2_accuracy", "tta_top2_accuracy", "kl", "tta_kl", "ece",
+                    "tta_ece"):
+            assert row[key] == result[key], key
+    table = ev.format_results_table(rows).splitlines()
+    assert len(table) == 6 and table[0].startswith("| run | model, input |")
+    cells = table[2].strip("| ").split(" | ")
+    r = results[0]
+    assert cells[:7] == [str(runs[0]), "`vgg13_small`, 64x64", "crossentropy", "0", "2 (2)", "2 min 06 s",
+                         "42.00%"]
+    assert cells[7:] == [f"**{100 * r['accuracy']:.2f}%**", f"{100 * r['tta_accuracy']:.2f}%",
+                         f"{100 * r['top2_accuracy']:.2f}% ({100 * r['tta_top2_accuracy']:.2f}%)",
+                         f"{r['kl']:.3f} ({r['tta_kl']:.3f})", f"{r['ece']:.3f} ({r['tta_ece']:.3f})"]
+    # Two runs of one scheme: their spread.
+    low, high = sorted(100 * result["accuracy"] for result in results)
+    assert table[-1] == f"crossentropy, 2 runs: test accuracy {low:.2f}-{high:.2f}% (mean {(low + high) / 2:.2f}%)"
+    # The command prints the same; errors are one line and exit status 2.
+    assert cli_main(["results"] + [str(r) for r in runs]) == 0
+    assert capsys.readouterr().out.splitlines() == table
+    assert cli_main(["results", str(runs[0]), "--split", "val"]) == 2
+    assert "eval-val.json is missing" in capsys.readouterr().err
+    (runs[1] / "history.json").write_text("[]")
+    assert cli_main(["results", str(runs[1])]) == 2
+    assert "holds no epoch" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- notebook 04
 
 

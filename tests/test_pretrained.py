@@ -131,3 +131,15 @@ def test_the_shipped_weights_reproduce_the_readme_figure(tmp_path):
     row = next(line for line in readme.splitlines() if line.startswith("|") and "shipped as `pretrained`" in line)
     [test_accuracy] = re.findall(r"\*\*(\d\d\.\d\d)%\*\*", row)  # the bold column: test accuracy
     assert float(test_accuracy) / 100 == pytest.approx(result["accuracy"], abs=0.001), row
+
+
+def test_the_readme_shows_the_shipped_run_as_ferlib_results_prints_it():
+    """The four-scheme table of the README is printed by ``python -m ferlib results``: its seed-0 crossentropy
+    row (the shipped run) has the figures that the command prints for ``pretrained``."""
+    from ferlib.evaluate import format_results_table, run_results
+
+    printed = format_results_table([run_results(run.PRETRAINED)]).splitlines()[2]
+    figures = printed.split(" | ", 1)[1]  # every column but the run's folder
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| runs/cpu-crossentropy-s0 |"))
+    assert row == f"| runs/cpu-crossentropy-s0 | {figures}"
