@@ -231,6 +231,10 @@ RESULTS_COLUMNS = (
 )
 
 
+#: The figures of an evaluation that :func:`run_results` takes, each also with TTA (``tta_`` + name).
+RESULTS_FIGURES = ("accuracy", "top2_accuracy", "kl", "ece")
+
+
 def results_json_path(run_dir, split="test"):
     """The evaluation of a run that :func:`run_results` reads: where ``evaluate`` writes by default
     (:func:`default_json_path`), and for ``pretrained`` the test evaluation shipped with it."""
@@ -263,9 +267,8 @@ def run_results(run_dir, split="test"):
     row["epochs"] = f"{row['num_epochs']} ({row['best_epoch']})"
     minutes, seconds = divmod(round(row["seconds"]), 60)
     row["training_time"] = f"{minutes} min {seconds:02d} s"
-    for key in ("accuracy", "tta_accuracy", "top2_accuracy", "tta_top2_accuracy", "kl", "tta_kl", "ece",
-                "tta_ece"):
-        row[key] = evaluation.get(key)
+    for key in RESULTS_FIGURES:  # plain and TTA, as evaluate_run names them
+        row[key], row[f"tta_{key}"] = evaluation.get(key), evaluation.get(f"tta_{key}")
     return row
 
 
