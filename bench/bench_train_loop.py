@@ -1,0 +1,126 @@
+"""Training-loop throughput: where an epoch of a recipe goes, against a bare step, same run.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_train_loop.py [--recipe cpu] [--data build/cache-real]
+
+The baseline is the bare SGD step on one batch held in memory: forward, loss, backward and
+update, nothing else. Each following row adds one part of what ``ferlib.train.train`` does per
+batch, up to the whole ``_train_epoch`` over the real input pipeline; the last rows time one
+validation pass, which a run with a weight average makes twice per epoch. Run it on an idle
+machine: the ratios are what it is for. Faces are the cache given with ``--data``, else the
+built-in synthetic ones.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import ferlib  # noqa: E402  (the numpy names MXNet needs, before mxnet)
+import mxnet as mx  # noqa: E402
+from mxnet import autograd  # noqa: E402
+
+from ferlib import data, losses, predict, synth, train  # noqa: E402
+
+
+def synthetic_cache(folder, n):
+    out = Path(folder)
+    fer, ferplus = synth.write_synthetic(out / "raw", n=n, seed=0)
+    data.prepare(fer, ferplus, out / "cache", progress=False)
+    return str(out / "cache")
+
+
+class FirstBatches:
+    """The first ``count`` batches of a dataset's epochs: a short epoch of the real pipeline."""
+
+    def __init__(self, dataset, count):
+        self.dataset, self.count = dataset, count
+
+    def __len__(self):
+        return self.count
+
+    def batch(self, keys):
+        return self.dataset.batch(keys)
+
+
+def images_per_second(step, batch_size, batches):
+    """Images/s of ``batches`` calls of ``step`` after 3 unmeasured ones, waiting for the device."""
+    for _ in range(3):
+        step()
+    mx.nd.waitall()
+    start = time.perf_counter()
+    for _ in range(batches):
+        step()
+    mx.nd.waitall()
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="cpu", choices=list(train.RECIPES))
+    parser.add_argument("--data", help="a prepared cache (default: a synthetic one)")
+    parser.add_argument("--mode", default="crossentropy")
+    parser.add_argument("--batches", type=int, default=60, help="batches timed per row")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        measure(args, args.data or synthetic_cache(folder, 4000))
+
+
+def measure(args, cache):
+    recipe = train._checked_recipe(train.get_recipe(args.recipe))
+    ctx = [mx.cpu()]
+    net = train.build_net(recipe.model, recipe.model_kwargs, ctx)
+    trainer = train.make_trainer(net, recipe.lr, recipe.momentum, recipe.wd, optimizer=recipe.optimizer)
+    loss_fn = losses.get_loss(args.mode)
+    train_set, val_faces = train._training_data(cache, recipe, args.mode, seed=0, rank=0, num_machines=1)
+    b = recipe.batch_size
+    x, y = (mx.nd.array(a) for a in train_set.batch(range(b)))
+    average = train.WeightAverage(net, recipe.ema_decay or 0.999)
+    print(f"recipe {args.recipe} ({recipe.model}, {recipe.input_size}x{recipe.input_size}, batch {b}), "
+          f"{len(train_set)} training faces of {cache}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}\n")
+
+    def bare():
+        with autograd.record():
+            loss = loss_fn(net(x), y)
+        loss.backward()
+        trainer.step(b)
+
+    steps = [0]
+
+    def with_average():
+        train.train_batch(net, trainer, loss_fn, x, y, ctx)
+        average.update(steps[0])
+        steps[0] += 1
+
+    rows = [("bare step: forward, loss, backward, update", images_per_second(bare, b, args.batches)),
+            ("ferlib train_batch (+ loss sum, correct count)",
+             images_per_second(lambda: train.train_batch(net, trainer, loss_fn, x, y, ctx), b, args.batches)),
+            ("train_batch + weight average update", images_per_second(with_average, b, args.batches))]
+
+    loader = data.make_loader(FirstBatches(train_set, args.batches * b), b, shuffle=True, last_batch="discard")
+    lr_at = train.make_lr_schedule(recipe.schedule, recipe.lr, recipe.num_epochs, args.batches,
+                                   recipe.warmup_epochs, recipe.lr_steps)
+    train._train_epoch(net, trainer, loss_fn, loader, ctx, 0, 1, args.batches, lr_at, b, False, False, average)
+    record = train._train_epoch(net, trainer, loss_fn, loader, ctx, 1, 2, args.batches, lr_at, b, False, False,
+                                average if recipe.ema_decay else None)
+    rows.append(("whole epoch loop, input pipeline included (_train_epoch)", record["images_per_sec"]))
+    ceiling = rows[0][1]
+    print(f"{'training, per batch of ' + str(b):60s}{'images/s':>10s}{'x bare':>9s}")
+    for name, value in rows:
+        print(f"{name:60s}{value:10.0f}{value / ceiling:9.2f}")
+
+    start = time.perf_counter()
+    predict.validation_accuracy(net, val_faces, recipe.input_size, ctx, normalization=recipe.normalization)
+    seconds = time.perf_counter() - start
+    epoch = len(train_set) / rows[-1][1]
+    passes = 2 if recipe.ema_decay else 1
+    print(f"\nvalidation: {len(val_faces.labels)} faces in {seconds:.1f} s ({len(val_faces.labels) / seconds:.0f} "
+          f"images/s), {passes} pass(es) per epoch: {passes * seconds:.1f} s beside {epoch:.0f} s of training")
+
+
+if __name__ == "__main__":
+    main()
