@@ -34,19 +34,6 @@ def synthetic_cache(folder, n):
     return str(out / "cache")
 
 
-class FirstBatches:
-    """The first ``count`` batches of a dataset's epochs: a short epoch of the real pipeline."""
-
-    def __init__(self, dataset, count):
-        self.dataset, self.count = dataset, count
-
-    def __len__(self):
-        return self.count
-
-    def batch(self, keys):
-        return self.dataset.batch(keys)
-
-
 def images_per_second(step, batch_size, batches):
     """Images/s of ``batches`` calls of ``step`` after 3 unmeasured ones, waiting for the device."""
     for _ in range(3):
@@ -79,7 +66,7 @@ def measure(args, cache):
     train_set, val_faces = train._training_data(cache, recipe, args.mode, seed=0, rank=0, num_machines=1)
     b = recipe.batch_size
     x, y = (mx.nd.array(a) for a in train_set.batch(range(b)))
-    average = train.WeightAverage(net, recipe.ema_decay or 0.999)
+    average = train.WeightAverage(net, recipe.ema_decay) if recipe.ema_decay else None
     print(f"recipe {args.recipe} ({recipe.model}, {recipe.input_size}x{recipe.input_size}, batch {b}), "
           f"{len(train_set)} training faces of {cache}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}\n")
 
@@ -98,15 +85,19 @@ def measure(args, cache):
 
     rows = [("bare step: forward, loss, backward, update", images_per_second(bare, b, args.batches)),
             ("ferlib train_batch (+ loss sum, correct count)",
-             images_per_second(lambda: train.train_batch(net, trainer, loss_fn, x, y, ctx), b, args.batches)),
-            ("train_batch + weight average update", images_per_second(with_average, b, args.batches))]
+             images_per_second(lambda: train.train_batch(net, trainer, loss_fn, x, y, ctx), b, args.batches))]
+    if average is not None:
+        rows.append(("train_batch + weight average update", images_per_second(with_average, b, args.batches)))
 
-    loader = data.make_loader(FirstBatches(train_set, args.batches * b), b, shuffle=True, last_batch="discard")
-    lr_at = train.make_lr_schedule(recipe.schedule, recipe.lr, recipe.num_epochs, args.batches,
+    # A short epoch of the real pipeline: the share of one of many workers, as distributed training cuts it.
+    part = train._shard(train_set, 0, max(1, len(train_set) // (args.batches * b)))
+    iters = len(part) // b
+    loader = data.make_loader(part, b, shuffle=True, last_batch="discard")
+    lr_at = train.make_lr_schedule(recipe.schedule, recipe.lr, recipe.num_epochs, iters,
                                    recipe.warmup_epochs, recipe.lr_steps)
-    train._train_epoch(net, trainer, loss_fn, loader, ctx, 0, 1, args.batches, lr_at, b, False, False, average)
-    record = train._train_epoch(net, trainer, loss_fn, loader, ctx, 1, 2, args.batches, lr_at, b, False, False,
-                                average if recipe.ema_decay else None)
+    for epoch in range(2):  # the first warms up the loader and the layouts
+        record = train._train_epoch(net, trainer, loss_fn, loader, ctx, epoch, 2, iters, lr_at, b, False, False,
+                                    average)
     rows.append(("whole epoch loop, input pipeline included (_train_epoch)", record["images_per_sec"]))
     ceiling = rows[0][1]
     print(f"{'training, per batch of ' + str(b):60s}{'images/s':>10s}{'x bare':>9s}")
@@ -117,7 +108,7 @@ def measure(args, cache):
     predict.validation_accuracy(net, val_faces, recipe.input_size, ctx, normalization=recipe.normalization)
     seconds = time.perf_counter() - start
     epoch = len(train_set) / rows[-1][1]
-    passes = 2 if recipe.ema_decay else 1
+    passes = 2 if average is not None else 1
     print(f"\nvalidation: {len(val_faces.labels)} faces in {seconds:.1f} s ({len(val_faces.labels) / seconds:.0f} "
           f"images/s), {passes} pass(es) per epoch: {passes * seconds:.1f} s beside {epoch:.0f} s of training")
 
