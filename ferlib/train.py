@@ -101,6 +101,9 @@ class Recipe:
     ema_decay
         0: the run keeps its last weights. Else validation, ``best.params`` and the export use an
         exponential moving average of the weights (:class:`WeightAverage`) with this decay per step.
+    validate_last_weights
+        With an average, also validate the last weights each epoch (``val_acc_last`` in the
+        history): a second pass over the validation split, about 3% of an epoch of ``cpu``.
     schedule, warmup_epochs, lr_steps
         ``ferplus``: x1, x0.5 from ``lr_steps[0]``, x0.1 from ``lr_steps[1]``; ``cosine``: linear
         warm-up over ``warmup_epochs`` (default a tenth of the epochs, at most 5), then cosine to 0.
@@ -119,6 +122,7 @@ class Recipe:
     momentum: float = 0.9
     optimizer: str = "sgd"
     ema_decay: float = 0.0
+    validate_last_weights: bool = True
     augmentation: dict = dataclasses.field(default_factory=dict)
     normalization: str = DEFAULT_NORMALIZATION
 
@@ -880,7 +884,7 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
         fit(net, train_iter, val_data, fer_losses.get_loss(mode), trainer, ctx, lr_at,
             range(start_epoch, recipe.num_epochs), iters_per_epoch, recipe.batch_size * num_machines,
             recipe.input_size, seed=seed, amp=amp, progress=progress, on_epoch=keeper, average=average,
-            normalization=recipe.normalization)
+            normalization=recipe.normalization, validate_last=recipe.validate_last_weights)
         keeper.export_best(ctx, recipe.input_size)
         return {"run_dir": str(run_dir), "history": keeper.history, "best_epoch": keeper.best_epoch,
                 "best_val_acc": keeper.best_val_acc, "devices": [str(c) for c in ctx], "config": config,
@@ -888,10 +892,12 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
 
 
 def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_per_epoch, step_size, input_size,
-        seed=0, amp=False, progress=True, on_epoch=None, average=None, normalization=DEFAULT_NORMALIZATION):
+        seed=0, amp=False, progress=True, on_epoch=None, average=None, normalization=DEFAULT_NORMALIZATION,
+        validate_last=True):
     """The training loop, d2l style: each epoch one pass of SGD over ``train_iter``, with the learning
     rate ``lr_at(step)``, then the accuracy on ``val_data`` (:class:`ferlib.predict.LabelledFaces`);
-    with a :class:`WeightAverage`, updated after each step, that of the average too.
+    with a :class:`WeightAverage`, updated after each step, that of the average instead, and of the
+    last weights as well unless ``validate_last`` is False.
 
     ``on_epoch(record)`` is called with each epoch's history record; when it returns True the loop
     stops. Returns the records of the epochs run.
@@ -901,11 +907,12 @@ def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_p
         mx.random.seed(_epoch_seed(seed, epoch))  # dropout of epoch e always draws from the same stream
         record = _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, epochs.stop, iters_per_epoch, lr_at,
                               step_size, amp, progress, average)
-        record["val_acc"] = validation_accuracy(net, val_data, input_size, ctx, normalization=normalization)
         record["val_acc_last"] = None
+        if average is None or validate_last:
+            record["val_acc"] = validation_accuracy(net, val_data, input_size, ctx, normalization=normalization)
         if average is not None:
             with average.applied():
-                record["val_acc_last"], record["val_acc"] = record["val_acc"], \
+                record["val_acc_last"], record["val_acc"] = record.get("val_acc"), \
                     validation_accuracy(net, val_data, input_size, ctx, normalization=normalization)
         record["seconds"] = time.time() - record.pop("_start")
         record = {key: record[key] for key in HISTORY_KEYS}
@@ -1124,6 +1131,8 @@ def add_commands(subparsers):
                         "minus the fitted plane) or standard (minus the mean, over the standard deviation)")
     p.add_argument("--ema-decay", type=float, default=None,
                    help="validate and keep a moving average of the weights with this decay per step (0: off)")
+    p.add_argument("--validate-last-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --ema-decay, also validate the last weights every epoch (default: the recipe's)")
     p.add_argument("--input-size", type=int, default=None, help="network input side in pixels")
     p.add_argument("--gpus", default=None,
                    help="GPU ids such as 0,1; 'cpu'; 'cpu:N' for N CPU contexts; default: all GPUs, else CPU")
@@ -1144,7 +1153,8 @@ def recipe_from_args(args):
         ("model", args.model), ("num_epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
         ("schedule", args.schedule), ("warmup_epochs", args.warmup_epochs), ("wd", args.wd),
         ("momentum", args.momentum), ("optimizer", args.optimizer), ("ema_decay", args.ema_decay),
-        ("input_size", args.input_size), ("normalization", args.normalization)) if value is not None}
+        ("input_size", args.input_size), ("normalization", args.normalization),
+        ("validate_last_weights", args.validate_last_weights)) if value is not None}
     if args.augment is not None:  # changes the recipe's distortion, setting by setting
         changes["augmentation"] = {**base.augmentation, **_parse_augment(args.augment)}
     if args.lr_steps is not None:

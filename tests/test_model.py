@@ -17,13 +17,13 @@ PAPER_CONV = [[64, 64], [128, 128], [256, 256, 256], [256, 256, 256]]
 PAPER_DENSE = [1024, 1024]
 
 
-def vgg13_count(input_size=64, width=1.0, batch_norm=False, classes=8, dense=None):
+def vgg13_count(input_size=64, width=1.0, batch_norm=False, classes=8, dense=None, conv=PAPER_CONV):
     """Parameter values of the FER+ VGG13 by arithmetic: (trainable, BatchNorm running stats)."""
     def scaled(c):
         return max(1, int(round(c * width)))
     trainable = running = 0
     in_channels, side = 1, input_size
-    for block in PAPER_CONV:
+    for block in conv:
         for channels in block:
             c = scaled(channels)
             trainable += 3 * 3 * in_channels * c + (0 if batch_norm else c)
@@ -88,6 +88,20 @@ def test_vgg13_half_is_the_cpu_recipes_network():
     assert [b._rate for b in blocks_of(net, gluon.nn.Dropout)] == [0.5]
     with pytest.raises(FERError, match="dense_units must be positive whole numbers"):
         get_model("vgg13", dense_units=[0])
+
+
+def test_vgg13_half_wide_doubles_only_the_last_block():
+    net = get_model("vgg13_half_wide", input_size=48)
+    init_forward(net, 48)
+    conv = PAPER_CONV[:3] + [[512, 512, 512]]
+    trainable, running = vgg13_count(48, width=0.5, batch_norm=True, dense=[512], conv=conv)
+    assert num_parameters(net, trainable_only=True) == trainable and num_parameters(net) == trainable + running
+    assert [c._channels for c in blocks_of(net, gluon.nn.Conv2D)] == [32, 32, 64, 64, 128, 128, 128, 256, 256, 256]
+    # the blocks come from the constructor, the class attribute stays the paper's
+    assert [list(b) for b in VGG13.CONV_BLOCKS] == PAPER_CONV
+    for bad in ([[64], []], [], [[64, 0]], [[64, True]]):
+        with pytest.raises(FERError, match="conv_blocks must be blocks of positive whole numbers"):
+            get_model("vgg13", conv_blocks=bad)
 
 
 @pytest.mark.parametrize("name, kwargs, input_size", [

@@ -191,6 +191,11 @@ def test_weight_average_is_validated_kept_and_resumed_exactly(synthetic_cache, t
     assert validation_accuracy(net, majority_faces(data, "val"), 32, [mx.cpu()]) == pytest.approx(whole["best_val_acc"])
     config = json.loads((tmp_path / "whole" / "config.json").read_text())
     assert config["optimizer"] == "nag" and config["ema_decay"] == 0.9
+    # Without validating the last weights, the same training validates the same average, once.
+    once = fer_train.train(synthetic_cache, tmp_path / "once", validate_last_weights=False, **settings)
+    for a, b in zip(whole["history"], once["history"]):
+        assert b["val_acc"] == pytest.approx(a["val_acc"]) and b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["val_acc_last"] is None and a["val_acc_last"] is not None
 
 
 def test_weight_average_follows_its_formula_and_applied_restores_the_weights():
@@ -390,6 +395,8 @@ def test_the_command_line_changes_only_the_settings_it_is_given():
         lr=0.01, lr_steps=(5, 9), optimizer="nag", ema_decay=0.99,
         model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.3})
     assert recipe("--recipe", "cpu", "--model", "vgg13").model_kwargs == {}  # another network: its own defaults
+    assert recipe("--recipe", "cpu", "--no-validate-last-weights") == fer_train.RECIPES["cpu"].replace(
+        validate_last_weights=False)
 
 
 def test_the_augmentation_is_a_recipe_setting(synthetic_cache, tmp_path):
