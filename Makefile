@@ -52,7 +52,7 @@ bench: setup
 	OMP_NUM_THREADS=2 $(PY) bench/bench_train_loop.py $(if $(wildcard build/cache-real),--data build/cache-real)
 	$(PY) bench/bench_photos.py --scenes 100
 	$(PY) bench/bench_serving.py --quick
-	$(PY) bench/bench_serving.py --quick --run pretrained --photos $(or $(wildcard ../shared/data/faces),samples)
+	$(PY) bench/bench_serving.py --quick --baseline --run pretrained --photos $(or $(wildcard ../shared/data/faces),samples)
 
 clean:
 	rm -rf build runs

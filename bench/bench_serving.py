@@ -142,6 +142,34 @@ def load(server, bodies, concurrency, num_requests, whole_image):
     return num_requests / wall, np.array(latencies), errors
 
 
+def serve_levels(mar, bodies, whole_image, levels, num_requests, args, workers, title, forward_bs, ceiling):
+    """Start a real multi-model-server on free loopback ports with the archive ``mar`` and ``workers``
+    workers, load it at each concurrency of ``levels``, stop it; one row of figures per level."""
+    server = ModelServer(mar.parent, inference_port="free", worker_threads=args.threads)
+    rows = []
+    try:
+        server.start()
+        server.register(mar.name, name="fer", batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
+                        initial_workers=workers)
+        load(server, bodies, 2, 16, whole_image)  # warm-up: graph shapes, connections
+        print(title)
+        print(f"{'clients':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'req/s / forward':>16} "
+              f"{'req/s / in-process':>19}")
+        for concurrency in levels:
+            rps, latencies, errors = load(server, bodies, concurrency, num_requests, whole_image)
+            row = {"concurrency": concurrency, "requests_per_s": rps,
+                   "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
+                   "errors": len(errors), "ratio_to_forward": rps / forward_bs, "ratio_to_pipeline": rps / ceiling}
+            rows.append(row)
+            print(f"{concurrency:>8} {rps:>8.1f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} "
+                  f"{len(errors):>7} {row['ratio_to_forward']:>16.3f} {row['ratio_to_pipeline']:>19.2f}")
+            for message in sorted(set(errors)):
+                print(f"{'':>8} error x{errors.count(message)}: {message}")
+    finally:
+        server.stop()
+    return rows
+
+
 def encode_png(image):
     import io
 
@@ -161,9 +189,13 @@ def main(argv=None):
                                                        "of crops; samples: the astronaut and Grace Hopper")
     parser.add_argument("--concurrency", default="1,8,32", help="client threads, comma separated")
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
-    parser.add_argument("--batch-size", type=int, default=8, help="MMS batch size")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="MMS batch size (default: ferlib serve's; a batch goes to one worker)")
     parser.add_argument("--max-batch-delay", type=int, default=10, help="MMS max batch delay (ms)")
     parser.add_argument("--workers", type=int, default=None, help="MMS workers (default: ferlib serve's)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="with --photos: also serve the set-up before the choice of detector (the Haar cascade, "
+                             "one worker) in the same run, and print the ratios")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--threads", type=int, default=1,
@@ -175,6 +207,9 @@ def main(argv=None):
     if args.workers is None:
         from ferlib.serving.server import DEFAULT_WORKERS
         args.workers = DEFAULT_WORKERS
+    if args.batch_size is None:
+        from ferlib.serving.server import DEFAULT_BATCH_SIZE
+        args.batch_size = DEFAULT_BATCH_SIZE
     num_requests = 40 if args.quick else args.requests
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -201,35 +236,25 @@ def main(argv=None):
                                    seconds=3.0 if args.quick else 10.0, threads=args.threads)
         print(f"in-process pipeline ({payload}, no HTTP), {args.workers} process(es) like the workers: "
               f"{ceiling:.1f} requests/s")
-        server = ModelServer(store, inference_port="free", worker_threads=args.threads)
-        rows = []
-        try:
-            server.start()
-            server.register("fer.mar", name="fer", batch_size=args.batch_size,
-                            max_batch_delay=args.max_batch_delay, initial_workers=args.workers)
-            load(server, bodies, 2, 16, whole_image)  # warm-up: graph shapes, connections
-            print(f"payload: {payload}; {num_requests} requests per level; MMS batch {args.batch_size}, "
-                  f"delay {args.max_batch_delay} ms, {args.workers} worker(s)")
-            print(f"{'clients':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'req/s / forward':>16} "
-                  f"{'req/s / in-process':>19}")
-            for concurrency in levels:
-                rps, latencies, errors = load(server, bodies, concurrency, num_requests, whole_image)
-                row = {"concurrency": concurrency, "requests_per_s": rps,
-                       "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
-                       "errors": len(errors), "ratio_to_forward": rps / forward_bs,
-                       "ratio_to_pipeline": rps / ceiling}
-                rows.append(row)
-                print(f"{concurrency:>8} {rps:>8.1f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} "
-                      f"{len(errors):>7} {row['ratio_to_forward']:>16.3f} {row['ratio_to_pipeline']:>19.2f}")
-                for message in sorted(set(errors)):
-                    print(f"{'':>8} error x{errors.count(message)}: {message}")
-        finally:
-            server.stop()
+        print(f"payload: {payload}; {num_requests} requests per level; MMS batch {args.batch_size}, "
+              f"delay {args.max_batch_delay} ms")
+        rows = serve_levels(store / "fer.mar", bodies, whole_image, levels, num_requests, args, args.workers,
+                            f"{args.workers} worker(s)", forward_bs, ceiling)
+        baseline = []
+        if args.baseline and not whole_image:
+            # The set-up before ferlib had a choice of detector: the Haar cascade, one worker.
+            package_run(run_dir, store / "fer-haar.mar", detector={"backend": "haar"})
+            baseline = serve_levels(store / "fer-haar.mar", bodies, whole_image, levels, num_requests, args, 1,
+                                    "baseline: Haar cascade, 1 worker", forward_bs, ceiling)
+            print(f"{'clients':>8} {'x baseline req/s':>17}")
+            for row, base in zip(rows, baseline):
+                row["ratio_to_baseline"] = row["requests_per_s"] / base["requests_per_s"]
+                print(f"{row['concurrency']:>8} {row['ratio_to_baseline']:>17.2f}")
     result = {"payload": payload, "batch_size": args.batch_size, "max_batch_delay_ms": args.max_batch_delay,
               "workers": args.workers, "omp_num_threads": threads, "cpus": os.cpu_count(),
               "forward_images_per_s": forward_bs, "forward_images_per_s_batch1": forward_1,
               "pipeline_requests_per_s": ceiling,
-              "trained": bool(args.run), "levels": rows}
+              "trained": bool(args.run), "levels": rows, "baseline_levels": baseline}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result

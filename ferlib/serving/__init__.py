@@ -58,14 +58,16 @@ def add_commands(subparsers):
     client.add_commands(subparsers)
 
     p = subparsers.add_parser(
-        "serve", help="serve a model archive: multi-model-server with batching, behind ferlib's front door",
-        description="Start multi-model-server on a private loopback port, register the archive once with "
-                    "batching, and answer on --host:--port through a front door that answers bad requests "
+        "serve", help="serve a model archive: multi-model-server, behind ferlib's front door",
+        description="Start multi-model-server on a private loopback port, register the archive once, "
+                    "and answer on --host:--port through a front door that answers bad requests "
                     "(wrong method, too large, too slow, form-encoded) in JSON. Ctrl-C stops both.")
     p.add_argument("--model-store", default="model_store", help="folder of the .mar files")
     p.add_argument("--mar", default="fer.mar", help="the archive to serve, in the model store")
     p.add_argument("--name", default="fer", help="model name: POST images to /predictions/NAME")
-    p.add_argument("--batch-size", type=int, default=8, help="requests that share one forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="requests that share one forward pass (default: 1; a batch goes to one worker, "
+                        "so larger batches pay off only for crops under heavy load)")
     p.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes, each one OpenMP thread (default: one per core, at most 4)")

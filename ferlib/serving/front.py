@@ -223,16 +223,18 @@ class FrontDoor(ThreadingHTTPServer):
         self.stop()
 
 
-def serve(model_store, mar="fer.mar", name="fer", batch_size=8, max_batch_delay=50, workers=None,
+def serve(model_store, mar="fer.mar", name="fer", batch_size=None, max_batch_delay=50, workers=None,
           host="127.0.0.1", port=8080, max_body=DEFAULT_MAX_BODY, read_timeout=DEFAULT_READ_TIMEOUT,
           ready=None, stop=None):
     """``python -m ferlib serve``: multi-model-server on a private loopback port, the archive
-    registered once with batching, and the front door on ``host:port``; until ``stop`` is set
+    registered once, and the front door on ``host:port``; until ``stop`` is set
     (a :class:`threading.Event`) or Ctrl-C. ``ready(front_url)`` is called once all is up.
-    ``workers``: default :data:`~ferlib.serving.server.DEFAULT_WORKERS`, one per core."""
-    from .server import DEFAULT_WORKERS, ModelServer
+    ``workers``: default :data:`~ferlib.serving.server.DEFAULT_WORKERS`, one per core; ``batch_size``:
+    default :data:`~ferlib.serving.server.DEFAULT_BATCH_SIZE`."""
+    from .server import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, ModelServer
 
     workers = workers or DEFAULT_WORKERS
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
 
     with ModelServer(model_store, inference_port="free") as server:
         server.register(mar, name=name, batch_size=batch_size, max_batch_delay=max_batch_delay,
