@@ -240,7 +240,8 @@ def serve(model_store, mar="fer.mar", name="fer", batch_size=None, max_batch_del
         server.register(mar, name=name, batch_size=batch_size, max_batch_delay=max_batch_delay,
                         initial_workers=workers)
         with FrontDoor(server.inference_url, host, port, max_body, read_timeout) as front:
-            print(f"serving {mar} as {front.url}/predictions/{name} (batches of up to {batch_size}, "
+            batching = "requests one at a time" if batch_size == 1 else f"batches of up to {batch_size}"
+            print(f"serving {mar} as {front.url}/predictions/{name} ({batching}, "
                   f"{workers} worker{'s' * (workers != 1)}); Ctrl-C stops", flush=True)
             run_until_stopped(front.url, ready, stop)
     print("stopped", flush=True)
