@@ -228,10 +228,11 @@ def main(argv=None):
             whole_image, payload = True, "48x48 face crops, X-Whole-Image: 1"
         threads = os.environ.get("OMP_NUM_THREADS", "?")
         forward_bs = bare_forward(run_dir, args.batch_size, seconds=2.0 if args.quick else 5.0)
-        forward_1 = bare_forward(run_dir, 1, seconds=2.0 if args.quick else 5.0)
+        forward_1 = forward_bs if args.batch_size == 1 else bare_forward(run_dir, 1, seconds=2.0 if args.quick else 5.0)
         print(f"network {'(untrained) ' if not args.run else ''}from {run_dir}; OMP_NUM_THREADS={threads}, "
               f"{os.cpu_count()} CPUs")
-        print(f"bare forward: {forward_bs:.0f} images/s at batch {args.batch_size}, {forward_1:.0f} at batch 1")
+        print(f"bare forward: {forward_bs:.0f} images/s at batch {args.batch_size}"
+              + ("" if args.batch_size == 1 else f", {forward_1:.0f} at batch 1"))
         ceiling = pipeline_ceiling(run_dir, bodies, whole_image, args.batch_size, args.workers,
                                    seconds=3.0 if args.quick else 10.0, threads=args.threads)
         print(f"in-process pipeline ({payload}, no HTTP), {args.workers} process(es) like the workers: "
