@@ -907,13 +907,13 @@ def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_p
         mx.random.seed(_epoch_seed(seed, epoch))  # dropout of epoch e always draws from the same stream
         record = _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, epochs.stop, iters_per_epoch, lr_at,
                               step_size, amp, progress, average)
-        record["val_acc_last"] = None
-        if average is None or validate_last:
-            record["val_acc"] = validation_accuracy(net, val_data, input_size, ctx, normalization=normalization)
+        last = validation_accuracy(net, val_data, input_size, ctx, normalization=normalization) \
+            if average is None or validate_last else None
+        record["val_acc"], record["val_acc_last"] = last, None
         if average is not None:
             with average.applied():
-                record["val_acc_last"], record["val_acc"] = record.get("val_acc"), \
-                    validation_accuracy(net, val_data, input_size, ctx, normalization=normalization)
+                record["val_acc"] = validation_accuracy(net, val_data, input_size, ctx, normalization=normalization)
+            record["val_acc_last"] = last
         record["seconds"] = time.time() - record.pop("_start")
         record = {key: record[key] for key in HISTORY_KEYS}
         history.append(record)

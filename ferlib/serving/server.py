@@ -331,7 +331,8 @@ class ModelServer:
             return 0
         return sum(w.get("status") == "READY" for w in workers)
 
-    def register(self, mar, name=None, batch_size=DEFAULT_BATCH_SIZE, max_batch_delay=100, initial_workers=1, timeout=180):
+    def register(self, mar, name=None, batch_size=DEFAULT_BATCH_SIZE, max_batch_delay=100, initial_workers=1,
+                 timeout=180):
         """Load an archive of the model store with MMS batching (``POST /models``); wait for its workers.
 
         ``batch_size`` requests (or fewer, after ``max_batch_delay`` ms) reach the
