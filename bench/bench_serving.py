@@ -227,8 +227,9 @@ def main(argv=None):
             bodies = [encode_png(face) for face in ferlib.synth.make_faces(32, seed=0).images]
             whole_image, payload = True, "48x48 face crops, X-Whole-Image: 1"
         threads = os.environ.get("OMP_NUM_THREADS", "?")
-        forward_bs = bare_forward(run_dir, args.batch_size, seconds=2.0 if args.quick else 5.0)
-        forward_1 = forward_bs if args.batch_size == 1 else bare_forward(run_dir, 1, seconds=2.0 if args.quick else 5.0)
+        forward_seconds = 2.0 if args.quick else 5.0
+        forward_bs = bare_forward(run_dir, args.batch_size, seconds=forward_seconds)
+        forward_1 = forward_bs if args.batch_size == 1 else bare_forward(run_dir, 1, seconds=forward_seconds)
         print(f"network {'(untrained) ' if not args.run else ''}from {run_dir}; OMP_NUM_THREADS={threads}, "
               f"{os.cpu_count()} CPUs")
         print(f"bare forward: {forward_bs:.0f} images/s at batch {args.batch_size}"

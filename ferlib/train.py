@@ -909,8 +909,9 @@ def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_p
                               step_size, amp, progress, average)
         last = validation_accuracy(net, val_data, input_size, ctx, normalization=normalization) \
             if average is None or validate_last else None
-        record["val_acc"], record["val_acc_last"] = last, None
-        if average is not None:
+        if average is None:
+            record["val_acc"], record["val_acc_last"] = last, None
+        else:
             with average.applied():
                 record["val_acc"] = validation_accuracy(net, val_data, input_size, ctx, normalization=normalization)
             record["val_acc_last"] = last
