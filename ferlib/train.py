@@ -853,6 +853,7 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
     """
     recipe = _checked_recipe(get_recipe(recipe, **changes))
     fer_labels.check_mode(mode)
+    fer_data.check_mixup(_augmentation(recipe), mode)
     ctx = _checked_contexts(gpus, amp, recipe.batch_size)
     data, data_name = _load_data(data)
     if amp:
@@ -1126,7 +1127,7 @@ def add_commands(subparsers):
     p.add_argument("--augment", default=None, metavar="NAME=VALUE,...",
                    help="change settings of the recipe's training distortion, e.g. max_angle=0,max_skew=0,max_scale=1 "
                         "(shifts and flips only); settings: max_shift, max_scale, max_angle, max_skew, flip, "
-                        "whole_pixels, erase (a probability)")
+                        "whole_pixels, erase (a probability), mixup (Beta's alpha, e.g. 0.2)")
     p.add_argument("--normalization", choices=NORMALIZATIONS, default=None,
                    help="intensity normalisation of the faces: ferplus (the paper's: histogram equalisation, "
                         "minus the fitted plane) or standard (minus the mean, over the standard deviation)")

@@ -61,6 +61,10 @@ class Augmentation:
         Probability of random erasing (Zhong et al. 2017, :func:`erase_patches`): one rectangle
         of the normalised face set to 0, its mean, so that the network cannot lean on any one part
         of the face. 0: never (the paper's).
+    mixup : float
+        Mixup's alpha (Zhang et al. 2018, :func:`mix_pairs`): each face of a batch is blended with
+        another of the same batch, and so are their targets, with a weight drawn from
+        Beta(alpha, alpha). 0: never (the paper's).
     """
 
     max_shift: float = 0.08
@@ -70,10 +74,13 @@ class Augmentation:
     flip: bool = True
     whole_pixels: bool = False
     erase: float = 0.0
+    mixup: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.erase <= 1.0:
             raise FERError(f"augmentation erase is a probability, from 0 to 1; got {self.erase!r}")
+        if not self.mixup >= 0.0:
+            raise FERError(f"augmentation mixup is Beta's alpha, 0 (off) or more; got {self.mixup!r}")
 
 
 #: The FER+ training distortion.
@@ -285,6 +292,21 @@ def erase_patches(x, rng, probability):
     for i in np.flatnonzero(erased):
         x[i, top[i]:top[i] + h[i], left[i]:left[i] + w[i]] = 0.0
     return x
+
+
+def mix_pairs(x, y, rng, alpha):
+    """Mixup (Zhang et al. 2018): inputs ``x`` (N, ...) and targets ``y`` (N, C), each row blended
+    with another row of the batch, ``w * row + (1 - w) * partner``, ``w ~ Beta(alpha, alpha)`` per row.
+
+    The partner of row ``i`` is row ``order[i]`` of a random permutation (a row may meet itself,
+    which leaves it as it is). Returns new arrays; the targets stay distributions when they were.
+    """
+    n = len(x)
+    order = rng.permutation(n)
+    weight = rng.beta(alpha, alpha, size=n).astype(x.dtype)
+    wx = weight.reshape((n,) + (1,) * (x.ndim - 1))
+    wy = weight.astype(y.dtype).reshape((n,) + (1,) * (y.ndim - 1))
+    return wx * x + (1 - wx) * x[order], wy * y + (1 - wy) * y[order]
 
 
 def preprocess(images, boxes=None, size=INPUT_SIZE, augmentation=None, rng=None,

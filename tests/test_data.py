@@ -184,6 +184,21 @@ def test_dataset_items_and_splits(synthetic_cache):
         data.FERPlusDataset(synthetic_cache / "nope", "train", "majority")
 
 
+def test_mixup_blends_the_training_batches_only_and_not_multi_target(synthetic_cache):
+    from ferlib.transforms import Augmentation
+
+    cache = data.load_cache(synthetic_cache)
+    plain = data.FERPlusDataset(cache, "train", "majority", augment=Augmentation(), seed=2)
+    mixed = data.FERPlusDataset(cache, "train", "majority", augment=Augmentation(mixup=1.0), seed=2)
+    keys = list(range(64))
+    (x, y), (mx_, my) = plain.batch(keys), mixed.batch(keys)
+    assert set(np.unique(y)) == {0.0, 1.0} and len(set(np.unique(my))) > 2  # one-hot targets, blended
+    np.testing.assert_allclose(my.sum(axis=1), 1, rtol=1e-5)
+    assert np.array_equal(mixed.batch(keys)[0], mx_)  # the same keys, the same blend
+    with pytest.raises(FERError, match="mixup blends targets, and multi_target's are sets of classes"):
+        data.FERPlusDataset(cache, "train", "multi_target", augment=Augmentation(mixup=0.2))
+
+
 def test_probability_mode_draws_new_labels_each_epoch(synthetic_cache):
     ds = data.FERPlusDataset(synthetic_cache, "train", "probability")
     soft = np.flatnonzero((ds.targets > 0).sum(axis=1) > 1)

@@ -427,6 +427,10 @@ def test_the_augmentation_is_a_recipe_setting(synthetic_cache, tmp_path):
     with pytest.raises(FERError, match="erase is a probability"):  # before anything is written
         fer_train.train(synthetic_cache, tmp_path / "erase", augmentation={"erase": 2.0}, num_epochs=1, **TINY)
     assert not (tmp_path / "erase").exists()
+    with pytest.raises(FERError, match="mixup blends targets.*multi_target"):
+        fer_train.train(synthetic_cache, tmp_path / "mixup", augmentation={"mixup": 0.2}, mode="multi_target",
+                        num_epochs=1, **TINY)
+    assert not (tmp_path / "mixup").exists()
     assert recipe.normalization == "ferplus" and fer_train.RECIPES["cpu"].normalization == "standard"
 
 

@@ -179,6 +179,32 @@ def test_random_erasing_blanks_one_rectangle_of_some_faces(faces):
         Augmentation(erase=1.5)
 
 
+def test_mixup_blends_each_face_and_its_target_with_a_partner_of_the_batch():
+    from ferlib.transforms import mix_pairs
+
+    n = 64
+    x = np.eye(n, dtype=np.float32).reshape(n, 1, 8, 8)  # face i is pixel i: a blend shows who met whom
+    y = np.random.default_rng(0).dirichlet(np.ones(8), size=n).astype(np.float32)
+    mixed_x, mixed_y = mix_pairs(x, y, np.random.default_rng(3), 0.4)
+    assert mixed_x.shape == x.shape and mixed_x.dtype == x.dtype and mixed_y.dtype == y.dtype
+    np.testing.assert_allclose(mixed_y.sum(axis=1), 1, rtol=1e-5)  # targets stay distributions
+    weights = []
+    for i, face in enumerate(mixed_x.reshape(n, n)):
+        w = face[i]
+        partners = [j for j in np.flatnonzero(face) if j != i]
+        assert len(partners) <= 1 and np.isclose(face.sum(), 1)
+        partner = partners[0] if partners else i
+        np.testing.assert_allclose(mixed_y[i], w * y[i] + (1 - w) * y[partner], atol=1e-6)  # the face's weight
+        weights.append(max(w, 1 - w) if partners else 1.0)
+    assert np.mean(weights) < 0.95  # blended, not left alone
+    # A small alpha keeps most faces close to themselves; alpha 1 blends them evenly.
+    for alpha, low, high in ((0.1, 0.85, 1.0), (1.0, 0.6, 0.9)):
+        own = mix_pairs(x, y, np.random.default_rng(1), alpha)[0].reshape(n, n).diagonal()
+        assert low < np.mean(np.maximum(own, 1 - own)) < high, alpha
+    with pytest.raises(FERError, match="mixup is Beta's alpha, 0 \\(off\\) or more; got -1"):
+        Augmentation(mixup=-1)
+
+
 def test_flip_mirrors_the_face():
     img = np.zeros((48, 48), np.uint8)
     img[:, :10] = 255  # bright left edge
