@@ -303,10 +303,13 @@ def mix_pairs(x, y, rng, alpha):
     """
     n = len(x)
     order = rng.permutation(n)
-    weight = rng.beta(alpha, alpha, size=n).astype(x.dtype)
-    wx = weight.reshape((n,) + (1,) * (x.ndim - 1))
-    wy = weight.astype(y.dtype).reshape((n,) + (1,) * (y.ndim - 1))
-    return wx * x + (1 - wx) * x[order], wy * y + (1 - wy) * y[order]
+    weight = rng.beta(alpha, alpha, size=n)
+
+    def blend(a):
+        w = weight.astype(a.dtype).reshape((n,) + (1,) * (a.ndim - 1))
+        return w * a + (1 - w) * a[order]
+
+    return blend(x), blend(y)
 
 
 def preprocess(images, boxes=None, size=INPUT_SIZE, augmentation=None, rng=None,

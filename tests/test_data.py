@@ -191,7 +191,7 @@ def test_mixup_blends_the_training_batches_only_and_not_multi_target(synthetic_c
     plain = data.FERPlusDataset(cache, "train", "majority", augment=Augmentation(), seed=2)
     mixed = data.FERPlusDataset(cache, "train", "majority", augment=Augmentation(mixup=1.0), seed=2)
     keys = list(range(64))
-    (x, y), (mx_, my) = plain.batch(keys), mixed.batch(keys)
+    (_, y), (mx_, my) = plain.batch(keys), mixed.batch(keys)
     assert set(np.unique(y)) == {0.0, 1.0} and len(set(np.unique(my))) > 2  # one-hot targets, blended
     np.testing.assert_allclose(my.sum(axis=1), 1, rtol=1e-5)
     assert np.array_equal(mixed.batch(keys)[0], mx_)  # the same keys, the same blend
