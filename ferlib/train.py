@@ -104,6 +104,10 @@ class Recipe:
     validate_last_weights
         With an average, also validate the last weights each epoch (``val_acc_last`` in the
         history): a second pass over the validation split, about 3% of an epoch of ``cpu``.
+    sam_rho
+        0: plain SGD. Else sharpness-aware minimisation (Foret et al. 2021): each step takes the gradient
+        at the weights moved ``sam_rho`` uphill (:func:`train_batch`), which costs a second forward and
+        backward pass per batch.
     schedule, warmup_epochs, lr_steps
         ``ferplus``: x1, x0.5 from ``lr_steps[0]``, x0.1 from ``lr_steps[1]``; ``cosine``: linear
         warm-up over ``warmup_epochs`` (default a tenth of the epochs, at most 5), then cosine to 0.
@@ -122,6 +126,7 @@ class Recipe:
     momentum: float = 0.9
     optimizer: str = "sgd"
     ema_decay: float = 0.0
+    sam_rho: float = 0.0
     validate_last_weights: bool = True
     augmentation: dict = dataclasses.field(default_factory=dict)
     normalization: str = DEFAULT_NORMALIZATION
@@ -176,7 +181,7 @@ def get_recipe(recipe="paper", **changes):
 _STAGED_CHECKPOINT = re.compile(r"checkpoint-\d+\.(params|states)")
 #: Settings that must not change when a run is resumed (num_epochs may grow).
 RESUME_KEYS = ("model", "model_kwargs", "mode", "input_size", "batch_size", "lr", "schedule", "warmup_epochs",
-               "lr_steps", "wd", "momentum", "optimizer", "ema_decay", "augmentation", "normalization", "seed")
+               "lr_steps", "wd", "momentum", "optimizer", "ema_decay", "sam_rho", "augmentation", "normalization", "seed")
 
 
 # --------------------------------------------------------------------------- devices and kvstore
@@ -341,7 +346,7 @@ def make_trainer(net, lr=0.05, momentum=0.9, wd=0.0, kvstore=None, amp=False, op
     return trainer
 
 
-def train_batch(net, trainer, loss_fn, data, target, ctx, step_size=None, amp=False):
+def train_batch(net, trainer, loss_fn, data, target, ctx, step_size=None, amp=False, sam_rho=0.0):
     """One SGD step on a batch split over the devices ``ctx``.
 
     Parameters
@@ -356,16 +361,33 @@ def train_batch(net, trainer, loss_fn, data, target, ctx, step_size=None, amp=Fa
         the global batch when several machines add their gradients).
     amp : bool
         Scale the loss for float16 training (:mod:`mxnet.contrib.amp`).
+    sam_rho : float
+        Sharpness-aware minimisation (Foret et al. 2021) when above 0: the step uses the gradient
+        taken at the weights moved ``sam_rho`` along the normalised gradient (:func:`uphill`),
+        so it seeks weights whose whole neighbourhood has a low loss. Each device moves along its
+        own slice's gradient (the paper's m-sharpness), so nothing extra crosses the kvstore.
 
     Returns
     -------
     loss_sum, correct : NDArray of shape (1,) on ``ctx[0]``
         Summed loss and number of samples whose arg-max prediction is one of
-        the largest target classes; read them with ``.asscalar()`` only when
-        needed, so that the devices keep running ahead.
+        the largest target classes (at the weights before the step); read them with
+        ``.asscalar()`` only when needed, so that the devices keep running ahead.
     """
     xs = gluon.utils.split_and_load(data, ctx, even_split=False)
     ys = gluon.utils.split_and_load(target, ctx, even_split=False)
+    outputs, losses = _forward_backward(net, trainer, loss_fn, xs, ys, amp)
+    if sam_rho:
+        with uphill(net, sam_rho, ctx):
+            _forward_backward(net, trainer, loss_fn, xs, ys, amp)  # its gradients replace the first ones
+    trainer.step(step_size or data.shape[0])
+    loss_sum = sum(loss.sum().as_in_context(ctx[0]) for loss in losses)
+    correct = sum(_num_correct(out, y).as_in_context(ctx[0]) for out, y in zip(outputs, ys))
+    return loss_sum, correct
+
+
+def _forward_backward(net, trainer, loss_fn, xs, ys, amp):
+    """The outputs and losses of each device's slice, and their gradients in the parameters."""
     with autograd.record():
         outputs = [net(x) for x in xs]
         losses = [loss_fn(out, y) for out, y in zip(outputs, ys)]
@@ -375,10 +397,31 @@ def train_batch(net, trainer, loss_fn, data, target, ctx, step_size=None, amp=Fa
                 autograd.backward(scaled)
     if not amp:
         autograd.backward(losses)
-    trainer.step(step_size or data.shape[0])
-    loss_sum = sum(loss.sum().as_in_context(ctx[0]) for loss in losses)
-    correct = sum(_num_correct(out, y).as_in_context(ctx[0]) for out, y in zip(outputs, ys))
-    return loss_sum, correct
+    return outputs, losses
+
+
+@contextlib.contextmanager
+def uphill(net, rho, ctx):
+    """Inside the block, each device's copy of ``net``'s trained parameters is moved by
+    ``rho * g / ||g||``, ``g`` its current gradient (all parameters as one vector); after it,
+    the weights are back where they were and only the gradients have changed."""
+    params = [p for p in net.collect_params().values() if p.grad_req != "null"]
+    moves = []
+    for c in ctx:
+        grads = [p.grad(c) for p in params]
+        norm = mx.nd.sqrt(mx.nd.add_n(*[mx.nd.sum(g * g) for g in grads]))
+        scale = rho / (norm + 1e-12)
+        moves.append([mx.nd.broadcast_mul(g, scale.reshape((1,) * g.ndim)) for g in grads])
+        for p, move in zip(params, moves[-1]):
+            weights = p.data(c)
+            weights += move
+    try:
+        yield
+    finally:
+        for c, device_moves in zip(ctx, moves):
+            for p, move in zip(params, device_moves):
+                weights = p.data(c)
+                weights -= move
 
 
 def _num_correct(logits, target):
@@ -779,6 +822,7 @@ def _check_resumed_settings(run_dir, config):
         raise FERError(f"{run_dir / run.CONFIG} is missing: cannot check the settings of the run to resume")
     old = json.loads((run_dir / run.CONFIG).read_text(encoding="utf-8"))
     old["normalization"] = normalization_of(old)  # runs from before the setting: the FER+ one
+    old.setdefault("sam_rho", 0.0)  # runs from before the setting: plain SGD
     changed = [k for k in RESUME_KEYS if old.get(k) != config[k]]
     if changed:
         raise FERError(f"cannot resume {run_dir} with different settings: "
@@ -854,6 +898,9 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
     recipe = _checked_recipe(get_recipe(recipe, **changes))
     fer_labels.check_mode(mode)
     fer_data.check_mixup(_augmentation(recipe), mode)
+    if amp and recipe.sam_rho:
+        raise FERError("sharpness-aware minimisation (sam_rho) is not supported with amp: float16 gradients "
+                       "that overflow would move the weights to NaN; drop --amp or --sam-rho")
     ctx = _checked_contexts(gpus, amp, recipe.batch_size)
     data, data_name = _load_data(data)
     if amp:
@@ -885,7 +932,7 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
         fit(net, train_iter, val_data, fer_losses.get_loss(mode), trainer, ctx, lr_at,
             range(start_epoch, recipe.num_epochs), iters_per_epoch, recipe.batch_size * num_machines,
             recipe.input_size, seed=seed, amp=amp, progress=progress, on_epoch=keeper, average=average,
-            normalization=recipe.normalization, validate_last=recipe.validate_last_weights)
+            normalization=recipe.normalization, validate_last=recipe.validate_last_weights, sam_rho=recipe.sam_rho)
         keeper.export_best(ctx, recipe.input_size)
         return {"run_dir": str(run_dir), "history": keeper.history, "best_epoch": keeper.best_epoch,
                 "best_val_acc": keeper.best_val_acc, "devices": [str(c) for c in ctx], "config": config,
@@ -894,11 +941,11 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
 
 def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_per_epoch, step_size, input_size,
         seed=0, amp=False, progress=True, on_epoch=None, average=None, normalization=DEFAULT_NORMALIZATION,
-        validate_last=True):
+        validate_last=True, sam_rho=0.0):
     """The training loop, d2l style: each epoch one pass of SGD over ``train_iter``, with the learning
     rate ``lr_at(step)``, then the accuracy on ``val_data`` (:class:`ferlib.predict.LabelledFaces`);
     with a :class:`WeightAverage`, updated after each step, that of the average instead, and of the
-    last weights as well unless ``validate_last`` is False.
+    last weights as well unless ``validate_last`` is False. ``sam_rho``: see :func:`train_batch`.
 
     ``on_epoch(record)`` is called with each epoch's history record; when it returns True the loop
     stops. Returns the records of the epochs run.
@@ -907,7 +954,7 @@ def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_p
     for epoch in epochs:
         mx.random.seed(_epoch_seed(seed, epoch))  # dropout of epoch e always draws from the same stream
         record = _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, epochs.stop, iters_per_epoch, lr_at,
-                              step_size, amp, progress, average)
+                              step_size, amp, progress, average, sam_rho)
         last = validation_accuracy(net, val_data, input_size, ctx, normalization=normalization) \
             if average is None or validate_last else None
         if average is None:
@@ -932,6 +979,8 @@ def _checked_recipe(recipe):
     checked = {name: _check_positive(name, getattr(recipe, name))
                for name in ("num_epochs", "batch_size", "input_size")}
     checked["lr"] = _check_positive("lr", recipe.lr, float)
+    if not (isinstance(recipe.sam_rho, (int, float)) and recipe.sam_rho >= 0):
+        raise FERError(f"sam_rho must be a number >= 0 (0: plain SGD), got {recipe.sam_rho!r}")
     check_optimizer(recipe.optimizer)
     check_normalization(recipe.normalization)
     _augmentation(recipe)  # an unknown setting fails here, before anything is written
@@ -965,7 +1014,8 @@ def _run_config(recipe, mode, seed, ctx, data_name, kv, num_machines):
         "emotions": list(EMOTIONS), "num_epochs": recipe.num_epochs, "batch_size": recipe.batch_size,
         "lr": recipe.lr, "schedule": recipe.schedule, "warmup_epochs": recipe.warmup_epochs,
         "lr_steps": list(recipe.lr_steps), "wd": recipe.wd, "momentum": recipe.momentum,
-        "optimizer": recipe.optimizer, "ema_decay": recipe.ema_decay, "augmentation": dict(recipe.augmentation),
+        "optimizer": recipe.optimizer, "ema_decay": recipe.ema_decay, "sam_rho": recipe.sam_rho,
+        "augmentation": dict(recipe.augmentation),
         "normalization": recipe.normalization, "seed": seed,
         "devices": [str(c) for c in ctx], "data": data_name,
         "kvstore": kv.type if isinstance(kv, mx.kv.KVStore) else kv, "workers": num_machines,
@@ -1055,7 +1105,7 @@ class _RunKeeper:
 
 
 def _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, num_epochs, iters_per_epoch, lr_at,
-                 step_size, amp, progress, average=None):
+                 step_size, amp, progress, average=None, sam_rho=0.0):
     """One pass over ``train_iter``; returns the partial history record (without val_acc)."""
     from tqdm.auto import tqdm
 
@@ -1068,7 +1118,7 @@ def _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, num_epochs, iter
               disable=not progress, dynamic_ncols=True) as bar:
         for i, (x, y) in enumerate(train_iter):
             trainer.set_learning_rate(lr_at(num_update + i))
-            batch_loss, batch_correct = train_batch(net, trainer, loss_fn, x, y, ctx, step_size, amp)
+            batch_loss, batch_correct = train_batch(net, trainer, loss_fn, x, y, ctx, step_size, amp, sam_rho)
             if average is not None:
                 average.update(num_update + i)
             loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
@@ -1133,6 +1183,9 @@ def add_commands(subparsers):
                         "minus the fitted plane) or standard (minus the mean, over the standard deviation)")
     p.add_argument("--ema-decay", type=float, default=None,
                    help="validate and keep a moving average of the weights with this decay per step (0: off)")
+    p.add_argument("--sam-rho", type=float, default=None,
+                   help="sharpness-aware minimisation: take each step's gradient this far uphill "
+                        "(e.g. 0.05; twice the compute per batch; 0: off)")
     p.add_argument("--validate-last-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="with --ema-decay, also validate the last weights every epoch (default: the recipe's)")
     p.add_argument("--input-size", type=int, default=None, help="network input side in pixels")
@@ -1155,7 +1208,7 @@ def recipe_from_args(args):
         ("model", args.model), ("num_epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
         ("schedule", args.schedule), ("warmup_epochs", args.warmup_epochs), ("wd", args.wd),
         ("momentum", args.momentum), ("optimizer", args.optimizer), ("ema_decay", args.ema_decay),
-        ("input_size", args.input_size), ("normalization", args.normalization),
+        ("sam_rho", args.sam_rho), ("input_size", args.input_size), ("normalization", args.normalization),
         ("validate_last_weights", args.validate_last_weights)) if value is not None}
     if args.augment is not None:  # changes the recipe's distortion, setting by setting
         changes["augmentation"] = {**base.augmentation, **_parse_augment(args.augment)}

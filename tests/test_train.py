@@ -63,6 +63,62 @@ def test_two_cpu_contexts_give_the_loss_and_update_of_one():
     assert moved == len(params1)  # the step changed every parameter
 
 
+def test_sharpness_aware_step_takes_the_gradient_uphill_and_restores_the_weights():
+    """With sam_rho, the SGD step uses the gradient at w + rho * g / ||g|| (Foret et al.), computed here
+    by hand for a linear layer and a squared loss; the weights are not left moved, and on two CPU
+    contexts each device moves along its own slice's gradient."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 3)).astype(np.float32)
+    y = rng.normal(size=(6, 2)).astype(np.float32)
+    w0 = rng.normal(size=(2, 3)).astype(np.float32)
+    lr, rho = 0.1, 0.5
+
+    def gradient(w, rows):  # of L2Loss summed over rows: 0.5 * the mean over the 2 outputs of (x w^T - y)^2
+        return 0.5 * (x[rows] @ w.T - y[rows]).T @ x[rows]
+
+    def step(ctx, sam_rho):
+        net = mx.gluon.nn.Dense(2, in_units=3, use_bias=False)
+        net.initialize(ctx=ctx)
+        net.weight.set_data(mx.nd.array(w0))
+        trainer = fer_train.make_trainer(net, lr=lr, momentum=0.0, kvstore=fer_train.make_kvstore(None, ctx))
+        loss, _ = fer_train.train_batch(net, trainer, mx.gluon.loss.L2Loss(), mx.nd.array(x), mx.nd.array(y),
+                                        ctx, sam_rho=sam_rho)
+        return loss.asscalar(), [w.asnumpy() for w in net.weight.list_data()]
+
+    def uphill_gradient(rows):
+        g = gradient(w0, rows)
+        return gradient(w0 + rho * g / np.linalg.norm(g), rows)
+
+    plain_loss, (plain,) = step([mx.cpu(0)], 0.0)
+    sam_loss, (sam,) = step([mx.cpu(0)], rho)
+    np.testing.assert_allclose(plain, w0 - lr * gradient(w0, slice(None)) / 6, rtol=1e-5)
+    np.testing.assert_allclose(sam, w0 - lr * uphill_gradient(slice(None)) / 6, rtol=1e-5)
+    assert not np.allclose(sam, plain, rtol=1e-3)
+    assert sam_loss == pytest.approx(plain_loss)  # the reported loss is the one before the move
+    _, (first, second) = step([mx.cpu(0), mx.cpu(1)], rho)
+    summed = uphill_gradient(slice(0, 3)) + uphill_gradient(slice(3, 6))  # each device its own move
+    np.testing.assert_allclose(first, w0 - lr * summed / 6, rtol=1e-5)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_a_sharpness_aware_run_records_rho_and_resumes_only_with_it(synthetic_cache, tmp_path):
+    settings = dict(mode="crossentropy", num_epochs=1, seed=2, **TINY)
+    sam = fer_train.train(synthetic_cache, tmp_path / "sam", sam_rho=0.05, **settings)
+    plain = fer_train.train(synthetic_cache, tmp_path / "plain", **settings)
+    assert json.loads((tmp_path / "sam" / "config.json").read_text())["sam_rho"] == 0.05
+    # the first batch's loss is the same, the steps are not: the epochs' mean losses differ
+    assert np.isfinite(sam["history"][0]["loss"]) and sam["history"][0]["loss"] != plain["history"][0]["loss"]
+    with pytest.raises(FERError, match="cannot resume .* sam_rho 0.05 -> 0.0"):
+        fer_train.train(synthetic_cache, tmp_path / "sam", resume=True, **{**settings, "num_epochs": 2})
+    # a run from before the setting was plain SGD, and resumes as such
+    config_path = tmp_path / "plain" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["sam_rho"]
+    config_path.write_text(json.dumps(config))
+    resumed = fer_train.train(synthetic_cache, tmp_path / "plain", resume=True, **{**settings, "num_epochs": 2})
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]
+
+
 def test_parse_devices_and_amp_refusals(synthetic_cache, tmp_path):
     with pytest.raises(FERError, match="GPU 7 does not exist"):
         fer_train.train(synthetic_cache, tmp_path / "run", **{**TINY, "gpus": "7"})
@@ -269,6 +325,10 @@ def test_bad_requests_fail_with_one_clear_message(synthetic_cache, tmp_path):
         fer_train.train(synthetic_cache, tmp_path / "run", num_epochs=0, **TINY)
     with pytest.raises(FERError, match="dist_sync.*DMLC_ROLE=worker"):
         fer_train.train(synthetic_cache, tmp_path / "run", kvstore="dist_sync", **TINY)
+    with pytest.raises(FERError, match="sam_rho must be a number >= 0"):
+        fer_train.train(synthetic_cache, tmp_path / "run", sam_rho=-0.05, **TINY)
+    with pytest.raises(FERError, match="sam_rho.*not supported with amp"):
+        fer_train.train(synthetic_cache, tmp_path / "run", sam_rho=0.05, amp=True, **TINY)
     assert not (tmp_path / "run").exists()  # nothing written for a refused request
 
 
@@ -397,6 +457,7 @@ def test_the_command_line_changes_only_the_settings_it_is_given():
     assert recipe("--recipe", "cpu", "--model", "vgg13").model_kwargs == {}  # another network: its own defaults
     assert recipe("--recipe", "cpu", "--no-validate-last-weights") == fer_train.RECIPES["cpu"].replace(
         validate_last_weights=False)
+    assert recipe("--recipe", "cpu", "--sam-rho", "0.05").sam_rho == 0.05 and fer_train.RECIPES["cpu"].sam_rho == 0
 
 
 def test_the_augmentation_is_a_recipe_setting(synthetic_cache, tmp_path):
