@@ -1156,13 +1156,14 @@ def add_commands(subparsers):
     p.add_argument("--mode", default="crossentropy", help=f"label scheme: {', '.join(fer_labels.MODES)} (default: %(default)s)")
     # Each setting below changes the recipe only when given (the recipe owns the defaults).
     p.add_argument("--model", default=None, help=f"network: {', '.join(fer_model.list_models())}")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier of the vgg13 models")
+    p.add_argument("--width", type=float, default=None, help="channel multiplier (vgg13 models, face_resnet)")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                    help="BatchNorm after each convolution (vgg13 models; default: the model's)")
     p.add_argument("--conv-dropout", type=float, default=None,
                    help="dropout after each pooling (vgg13 models; the paper's 0.25)")
     p.add_argument("--dense-dropout", type=float, default=None,
-                   help="dropout after each hidden dense layer (vgg13 models; the paper's 0.5)")
+                   help="dropout after each hidden dense layer (vgg13 models; the paper's 0.5), "
+                        "before the output layer (face_resnet)")
     p.add_argument("--pretrained", action="store_true", help="GluonCV backbones: start from ImageNet weights")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs")
     p.add_argument("--batch-size", type=int, default=None, help="batch size per machine, split over its devices")

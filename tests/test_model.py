@@ -104,6 +104,76 @@ def test_vgg13_half_wide_doubles_only_the_last_block():
             get_model("vgg13", conv_blocks=bad)
 
 
+def face_resnet_count(classes=8, stem=32, stages=((64, 1), (128, 2), (256, 1))):
+    """Parameter values of FaceResNet by arithmetic: (trainable, BatchNorm running stats)."""
+    trainable, running = 0, 0
+
+    def batch_norm(c):
+        nonlocal trainable, running
+        trainable, running = trainable + 2 * c, running + 2 * c
+
+    trainable += 9 * 1 * stem + 9 * stem * stem  # the stem's two convolutions, no biases
+    batch_norm(stem)
+    in_channels = stem
+    for channels, blocks in stages:
+        for block in range(blocks):
+            batch_norm(in_channels)
+            batch_norm(channels)
+            trainable += 9 * in_channels * channels + 9 * channels * channels
+            if block == 0:  # the stride-2 block projects its shortcut
+                trainable += in_channels * channels
+            in_channels = channels
+    batch_norm(in_channels)
+    return trainable + in_channels * classes + classes, running
+
+
+def test_face_resnet_parameter_count_and_shapes():
+    net = get_model("face_resnet", input_size=48)
+    assert blocks_of(net, gluon.nn.Dense) == [net.output]  # global pooling: no hidden dense layer
+    out = init_forward(net, 48, batch=3)
+    trainable, running = face_resnet_count()
+    assert num_parameters(net, trainable_only=True) == trainable and num_parameters(net) == trainable + running
+    assert out.shape == (3, len(EMOTIONS)) and np.isfinite(out.asnumpy()).all()
+    # The global pooling takes any input size; the 3 stride-2 stages leave 6x6 at 48.
+    assert net.features(mx.nd.zeros((1, 1, 48, 48))).shape == (1, 256, 6, 6)
+    assert net(mx.nd.zeros((2, 1, 40, 40))).shape == (2, len(EMOTIONS))
+    narrow = get_model("face_resnet", width=0.25, classes=5, stages=((32, 2),))
+    init_forward(narrow, 48)
+    assert num_parameters(narrow, trainable_only=True) == face_resnet_count(5, stem=8, stages=((8, 2),))[0]
+    assert [b._rate for b in blocks_of(net, gluon.nn.Dropout)] == [0.3]
+    for bad in ((), ((64,),), ((64, 0),), ((64, True),)):
+        with pytest.raises(FERError, match="stages must be"):
+            get_model("face_resnet", stages=bad)
+
+
+def test_a_residual_block_adds_its_shortcut_to_its_branch():
+    """With its last convolution at zero a block passes its shortcut on unchanged: the input
+    itself, or its 1x1 projection when the block halves the size or changes the channels."""
+    x = mx.nd.random.normal(shape=(2, 8, 12, 12))
+    same = fm._PreActBlock(8, 8, stride=1)
+    same.initialize()
+    assert same.shortcut is None
+    assert not np.allclose(same(x).asnumpy(), x.asnumpy())
+    same.conv2.weight.set_data(mx.nd.zeros_like(same.conv2.weight.data()))
+    np.testing.assert_allclose(same(x).asnumpy(), x.asnumpy(), rtol=1e-6)
+    down = fm._PreActBlock(8, 16, stride=2)
+    down.initialize()
+    down.conv2.weight.set_data(mx.nd.zeros_like(down.conv2.weight.data()))
+    projected = down.shortcut(mx.nd.relu(down.bn1(x)))
+    assert down(x).shape == projected.shape == (2, 16, 6, 6)
+    np.testing.assert_allclose(down(x).asnumpy(), projected.asnumpy(), rtol=1e-6)
+
+
+def test_face_resnet_splits_for_grad_cam_after_its_last_activation():
+    net = get_model("face_resnet", width=0.25, input_size=48)
+    init_forward(net, 48)
+    body, head = fm.saliency_split(net)
+    x = mx.nd.random.normal(shape=(2, 1, 48, 48))
+    activation = body(x)
+    assert activation.shape == (2, 64, 6, 6) and activation.min() >= 0  # after the last ReLU
+    np.testing.assert_allclose(head(activation).asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name, kwargs, input_size", [
     ("vgg13", {"width": 0.25}, 64),
     ("vgg13", {"width": 0.25}, 48),
@@ -170,6 +240,10 @@ def test_registry_rejects_unknown_options_and_bad_values():
         get_model("vgg13_small", classes=1)
     with pytest.raises(FERError, match="no pretrained weights.*resnet18_v1b"):
         get_model("vgg13", pretrained=True)
+    with pytest.raises(FERError, match="no pretrained weights"):
+        get_model("face_resnet", pretrained=True)
+    with pytest.raises(FERError, match="face_resnet.*no option batch_norm.*stages"):
+        get_model("face_resnet", batch_norm=True)
     assert isinstance(get_model("vgg13_small", pretrained=False), VGG13)  # one set of options for all models
 
 
@@ -276,7 +350,8 @@ def trained_a_little(name="vgg13_small", input_size=64, **kwargs):
     return net
 
 
-@pytest.mark.parametrize("name, input_size", [("vgg13_small", 64), ("vgg13_small", 48), ("mobilenetv2_0.25", 64)])
+@pytest.mark.parametrize("name, input_size", [("vgg13_small", 64), ("vgg13_small", 48), ("mobilenetv2_0.25", 64),
+                                              ("face_resnet", 48)])
 def test_export_then_load_exported_gives_same_outputs(tmp_path, name, input_size):
     net = trained_a_little(name, input_size)
     symbol_path, params_path = export_net(net, tmp_path, input_size)
