@@ -73,11 +73,11 @@ def bare_forward(run_dir, batch_size, seconds=5.0):
     return count * batch_size / (time.perf_counter() - start)
 
 
-def _pipeline_worker(run_dir, bodies, whole_image, batch_size, seconds, threads, barrier, results):
+def _pipeline_worker(run_dir, bodies, whole_image, batch_size, seconds, threads, detector, barrier, results):
     """One process of :func:`pipeline_ceiling`: FacePredictor.predict_bytes on batches of ``bodies``."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     _imports()
-    predictor = FacePredictor(run_dir)
+    predictor = FacePredictor(run_dir, settings={"detector": detector} if detector else None)
     predictor.predict_bytes(bodies[:batch_size], whole_image)  # warm-up
     barrier.wait()  # every process times the same seconds
     count, start = 0, time.perf_counter()
@@ -88,15 +88,16 @@ def _pipeline_worker(run_dir, bodies, whole_image, batch_size, seconds, threads,
     results.put(count / (time.perf_counter() - start))
 
 
-def pipeline_ceiling(run_dir, bodies, whole_image, batch_size, processes, seconds, threads):
+def pipeline_ceiling(run_dir, bodies, whole_image, batch_size, processes, seconds, threads, detector=None):
     """Requests/s of the whole in-process pipeline (decode, detect, crop, forward, answer) in ``processes``
-    processes like the server's workers, with no HTTP: the most the server could answer."""
+    processes like the server's workers, with no HTTP: the most the server could answer. ``detector``
+    changes the served settings' face detector, as ``package_run(detector=...)`` does."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # a fresh MXNet in each, as in MMS workers
     barrier, results = context.Barrier(processes), context.Queue()
     workers = [context.Process(target=_pipeline_worker, args=(str(run_dir), bodies, whole_image, batch_size,
-                                                              seconds, threads, barrier, results))
+                                                              seconds, threads, detector, barrier, results))
                for _ in range(processes)]
     for w in workers:
         w.start()
@@ -227,7 +228,7 @@ def main(argv=None):
             bodies = [encode_png(face) for face in ferlib.synth.make_faces(32, seed=0).images]
             whole_image, payload = True, "48x48 face crops, X-Whole-Image: 1"
         threads = os.environ.get("OMP_NUM_THREADS", "?")
-        forward_seconds = 2.0 if args.quick else 5.0
+        forward_seconds, ceiling_seconds = (2.0, 3.0) if args.quick else (5.0, 10.0)
         forward_bs = bare_forward(run_dir, args.batch_size, seconds=forward_seconds)
         forward_1 = forward_bs if args.batch_size == 1 else bare_forward(run_dir, 1, seconds=forward_seconds)
         print(f"network {'(untrained) ' if not args.run else ''}from {run_dir}; OMP_NUM_THREADS={threads}, "
@@ -235,19 +236,24 @@ def main(argv=None):
         print(f"bare forward: {forward_bs:.0f} images/s at batch {args.batch_size}"
               + ("" if args.batch_size == 1 else f", {forward_1:.0f} at batch 1"))
         ceiling = pipeline_ceiling(run_dir, bodies, whole_image, args.batch_size, args.workers,
-                                   seconds=3.0 if args.quick else 10.0, threads=args.threads)
+                                   seconds=ceiling_seconds, threads=args.threads)
         print(f"in-process pipeline ({payload}, no HTTP), {args.workers} process(es) like the workers: "
               f"{ceiling:.1f} requests/s")
         print(f"payload: {payload}; {num_requests} requests per level; MMS batch {args.batch_size}, "
               f"delay {args.max_batch_delay} ms")
         rows = serve_levels(store / "fer.mar", bodies, whole_image, levels, num_requests, args, args.workers,
                             f"{args.workers} worker(s)", forward_bs, ceiling)
-        baseline = []
+        baseline, baseline_ceiling = [], None
         if args.baseline and not whole_image:
             # The set-up before ferlib had a choice of detector: the Haar cascade, one worker.
-            package_run(run_dir, store / "fer-haar.mar", detector={"backend": "haar"})
+            haar = {"backend": "haar"}
+            package_run(run_dir, store / "fer-haar.mar", detector=haar)
+            baseline_ceiling = pipeline_ceiling(run_dir, bodies, whole_image, args.batch_size, 1,
+                                                seconds=ceiling_seconds, threads=args.threads,
+                                                detector=haar)
+            print(f"baseline's in-process pipeline (Haar cascade), 1 process: {baseline_ceiling:.1f} requests/s")
             baseline = serve_levels(store / "fer-haar.mar", bodies, whole_image, levels, num_requests, args, 1,
-                                    "baseline: Haar cascade, 1 worker", forward_bs, ceiling)
+                                    "baseline: Haar cascade, 1 worker", forward_bs, baseline_ceiling)
             print(f"{'clients':>8} {'x baseline req/s':>17}")
             for row, base in zip(rows, baseline):
                 row["ratio_to_baseline"] = row["requests_per_s"] / base["requests_per_s"]
@@ -255,7 +261,7 @@ def main(argv=None):
     result = {"payload": payload, "batch_size": args.batch_size, "max_batch_delay_ms": args.max_batch_delay,
               "workers": args.workers, "omp_num_threads": threads, "cpus": os.cpu_count(),
               "forward_images_per_s": forward_bs, "forward_images_per_s_batch1": forward_1,
-              "pipeline_requests_per_s": ceiling,
+              "pipeline_requests_per_s": ceiling, "baseline_pipeline_requests_per_s": baseline_ceiling,
               "trained": bool(args.run), "levels": rows, "baseline_levels": baseline}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
