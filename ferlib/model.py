@@ -39,23 +39,47 @@ from mxnet.gluon import nn  # noqa: E402
 MIN_INPUT_SIZE = 16
 
 
+def _is_whole(n, at_least=1):
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= at_least
+
+
 def _check_input_size(input_size):
-    if not isinstance(input_size, numbers.Integral) or isinstance(input_size, bool) or input_size < MIN_INPUT_SIZE:
+    if not _is_whole(input_size, MIN_INPUT_SIZE):
         raise FERError(f"input_size must be a whole number of pixels >= {MIN_INPUT_SIZE}, got {input_size!r}")
     return int(input_size)
 
 
 def _check_classes(classes):
-    if not isinstance(classes, numbers.Integral) or isinstance(classes, bool) or classes < 2:
+    if not _is_whole(classes, 2):
         raise FERError(f"classes must be a whole number >= 2, got {classes!r}")
     return int(classes)
+
+
+def _check_rate(name, rate):
+    if not 0.0 <= rate < 1.0:
+        raise FERError(f"{name} must be in [0, 1), got {rate!r}")
+
+
+def _channel_scaler(width):
+    """``scaled(units)``: a channel count times ``width``, at least 1."""
+    if not width > 0:
+        raise FERError(f"width must be > 0, got {width!r}")
+    return lambda units: max(1, int(round(units * width)))
 
 
 #: Widths of the paper's two hidden dense layers.
 DENSE_UNITS = (1024, 1024)
 
 
-class VGG13(nn.HybridBlock):
+class _FaceNet(nn.HybridBlock):
+    """The layout of ferlib's own networks: ``features`` (convolutions), ``classifier`` (pooling or
+    dense layers) and ``output`` (the logits); each says where Grad-CAM looks (``saliency_split``)."""
+
+    def hybrid_forward(self, F, x):
+        return self.output(self.classifier(self.features(x)))
+
+
+class VGG13(_FaceNet):
     """The VGG13 network of the FER+ paper (Barsoum et al. 2016).
 
     Four blocks of 3x3 convolutions (padding 1, ReLU) with 64, 64 | 128, 128 |
@@ -115,25 +139,18 @@ class VGG13(nn.HybridBlock):
     def __init__(self, classes=NUM_CLASSES, batch_norm=False, width=1.0, input_size=INPUT_SIZE,
                  conv_dropout=0.25, dense_dropout=0.5, dense_units=DENSE_UNITS, conv_blocks=None, **kwargs):
         super().__init__(**kwargs)
-        if not width > 0:
-            raise FERError(f"width must be > 0, got {width!r}")
-        for name, rate in (("conv_dropout", conv_dropout), ("dense_dropout", dense_dropout)):
-            if not 0.0 <= rate < 1.0:
-                raise FERError(f"{name} must be in [0, 1), got {rate!r}")
-        if not all(isinstance(u, numbers.Integral) and not isinstance(u, bool) and u > 0 for u in dense_units):
+        scaled = _channel_scaler(width)
+        _check_rate("conv_dropout", conv_dropout)
+        _check_rate("dense_dropout", dense_dropout)
+        if not all(_is_whole(u) for u in dense_units):
             raise FERError(f"dense_units must be positive whole numbers, got {dense_units!r}")
         conv_blocks = self.CONV_BLOCKS if conv_blocks is None else conv_blocks
-        if not (conv_blocks and all(block and all(isinstance(c, numbers.Integral) and not isinstance(c, bool)
-                                                  and c > 0 for c in block) for block in conv_blocks)):
+        if not (conv_blocks and all(block and all(_is_whole(c) for c in block) for block in conv_blocks)):
             raise FERError(f"conv_blocks must be blocks of positive whole numbers, got {conv_blocks!r}")
         self.classes = _check_classes(classes)
         self.input_size = _check_input_size(input_size)
         self.batch_norm = bool(batch_norm)
         self.width = float(width)
-
-        def scaled(units):
-            return max(1, int(round(units * width)))
-
         glorot = mx.init.Xavier(rnd_type="uniform", factor_type="avg", magnitude=3)
         with self.name_scope():
             self.features = nn.HybridSequential(prefix="features_")
@@ -158,9 +175,6 @@ class VGG13(nn.HybridBlock):
                     if dense_dropout:
                         self.classifier.add(nn.Dropout(dense_dropout))
             self.output = nn.Dense(classes, weight_initializer=glorot)
-
-    def hybrid_forward(self, F, x):
-        return self.output(self.classifier(self.features(x)))
 
     def saliency_split(self):
         """``(body, head)`` for Grad-CAM: ``body(x)`` is the ReLU after the last convolution
@@ -193,7 +207,7 @@ class _PreActBlock(nn.HybridBlock):
         return branch + shortcut
 
 
-class FaceResNet(nn.HybridBlock):
+class FaceResNet(_FaceNet):
     """A small pre-activation ResNet for 48x48 grey faces.
 
     A stem of two 3x3 convolutions at full resolution (as VGG13's first
@@ -234,21 +248,14 @@ class FaceResNet(nn.HybridBlock):
     def __init__(self, classes=NUM_CLASSES, width=1.0, input_size=INPUT_SIZE, stem_channels=32, stages=None,
                  dense_dropout=0.3, **kwargs):
         super().__init__(**kwargs)
-        if not width > 0:
-            raise FERError(f"width must be > 0, got {width!r}")
-        if not 0.0 <= dense_dropout < 1.0:
-            raise FERError(f"dense_dropout must be in [0, 1), got {dense_dropout!r}")
+        scaled = _channel_scaler(width)
+        _check_rate("dense_dropout", dense_dropout)
         stages = self.STAGES if stages is None else stages
-        if not (stages and all(len(stage) == 2 and all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
-                                                       and n > 0 for n in stage) for stage in stages)):
+        if not (stages and all(len(stage) == 2 and all(_is_whole(n) for n in stage) for stage in stages)):
             raise FERError(f"stages must be (channels, blocks) pairs of positive whole numbers, got {stages!r}")
         self.classes = _check_classes(classes)
         self.input_size = _check_input_size(input_size)
         self.width = float(width)
-
-        def scaled(units):
-            return max(1, int(round(units * width)))
-
         with self.name_scope():
             self.features = nn.HybridSequential(prefix="features_")
             with self.features.name_scope():
@@ -267,9 +274,6 @@ class FaceResNet(nn.HybridBlock):
                 if dense_dropout:
                     self.classifier.add(nn.Dropout(dense_dropout))
             self.output = nn.Dense(classes, in_units=channels)
-
-    def hybrid_forward(self, F, x):
-        return self.output(self.classifier(self.features(x)))
 
     def saliency_split(self):
         """``(body, head)`` for Grad-CAM: ``body(x)`` is the last ReLU (6x6 at a 48 input),
@@ -559,7 +563,7 @@ def saliency_split(net):
     the last pooling: 8x8 at a 64 input), for GluonCV ResNetV1b the output of
     ``layer4``, for MobileNetV2 the last feature map before global pooling.
     """
-    if isinstance(net, (VGG13, FaceResNet)):
+    if isinstance(net, _FaceNet):
         return net.saliency_split()
     try:
         from gluoncv.model_zoo.mobilenet import MobileNetV2
