@@ -278,8 +278,8 @@ class FaceResNet(_FaceNet):
     def saliency_split(self):
         """``(body, head)`` for Grad-CAM: ``body(x)`` is the last ReLU (6x6 at a 48 input),
         ``head(body(x))`` the logits."""
-        body = list(self.features._children.values())
-        return (lambda x: _run_layers(body, x)), (lambda a: _run_layers(_head_layers([self.classifier, self.output]), a))
+        body, head = list(self.features._children.values()), _head_layers([self.classifier, self.output])
+        return (lambda x: _run_layers(body, x)), (lambda a: _run_layers(head, a))
 
 
 # --------------------------------------------------------------------------
