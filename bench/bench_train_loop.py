@@ -2,12 +2,13 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_train_loop.py [--recipe cpu] [--data build/cache-real]
 
-The baseline is the bare SGD step on one batch held in memory: forward, loss, backward and
-update, nothing else. Each following row adds one part of what ``ferlib.train.train`` does per
-batch, up to the whole ``_train_epoch`` over the real input pipeline; the last rows time one
-validation pass, which a run with a weight average makes twice per epoch. Run it on an idle
-machine: the ratios are what it is for. Faces are the cache given with ``--data``, else the
-built-in synthetic ones.
+The baseline is the bare SGD step on one batch held in memory: forward, loss, backward and update,
+nothing else, in float32. Each following row adds one part of what ``ferlib.train.train`` does per
+batch, up to the whole ``_train_epoch`` over the real input pipeline; on a CPU with AVX-512 BF16,
+two more rows run the bare step and the whole epoch through ``bfloat16_view`` (the ``cpu`` recipe's
+``cpu_precision="auto"``). The last rows time one validation pass, which a run with a weight average
+makes twice per epoch. Run it on an idle machine: the ratios are what it is for. Faces are the cache
+given with ``--data``, else the built-in synthetic ones.
 """
 import argparse
 import os
@@ -24,7 +25,7 @@ import ferlib  # noqa: E402  (the numpy names MXNet needs, before mxnet)
 import mxnet as mx  # noqa: E402
 from mxnet import autograd  # noqa: E402
 
-from ferlib import data, losses, predict, synth, train  # noqa: E402
+from ferlib import data, losses, predict, synth, train, utils  # noqa: E402
 
 
 def synthetic_cache(folder, n):
@@ -70,12 +71,6 @@ def measure(args, cache):
     print(f"recipe {args.recipe} ({recipe.model}, {recipe.input_size}x{recipe.input_size}, batch {b}), "
           f"{len(train_set)} training faces of {cache}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}\n")
 
-    def bare():
-        with autograd.record():
-            loss = loss_fn(net(x), y)
-        loss.backward()
-        trainer.step(b)
-
     steps = [0]
 
     def with_average():
@@ -83,7 +78,15 @@ def measure(args, cache):
         average.update(steps[0])
         steps[0] += 1
 
-    rows = [("bare step: forward, loss, backward, update", images_per_second(bare, b, args.batches)),
+    def bare(step_net):
+        def step():
+            with autograd.record():
+                loss = loss_fn(step_net(x), y)
+            loss.backward()
+            trainer.step(b)
+        return step
+
+    rows = [("bare step: forward, loss, backward, update", images_per_second(bare(net), b, args.batches)),
             ("ferlib train_batch (+ loss sum, correct count)",
              images_per_second(lambda: train.train_batch(net, trainer, loss_fn, x, y, ctx), b, args.batches))]
     if average is not None:
@@ -95,10 +98,20 @@ def measure(args, cache):
     loader = data.make_loader(part, b, shuffle=True, last_batch="discard")
     lr_at = train.make_lr_schedule(recipe.schedule, recipe.lr, recipe.num_epochs, iters,
                                    recipe.warmup_epochs, recipe.lr_steps)
-    for epoch in range(2):  # the first warms up the loader and the layouts
-        record = train._train_epoch(net, trainer, loss_fn, loader, ctx, epoch, 2, iters, lr_at, b, False, False,
-                                    average)
-    rows.append(("whole epoch loop, input pipeline included (_train_epoch)", record["images_per_sec"]))
+
+    def whole_epoch(step_net):
+        for epoch in range(2):  # the first warms up the loader and the layouts
+            record = train._train_epoch(step_net, trainer, loss_fn, loader, ctx, epoch, 2, iters, lr_at, b, False,
+                                        False, average)
+        return record["images_per_sec"]
+
+    rows.append(("whole epoch loop, input pipeline included (_train_epoch)", whole_epoch(net)))
+    if utils.cpu_has_bfloat16():
+        step_net = train.bfloat16_view(net)
+        rows += [("bare step in bfloat16 (bfloat16_view)", images_per_second(bare(step_net), b, args.batches)),
+                 ("whole epoch loop in bfloat16", whole_epoch(step_net))]
+    else:
+        print("(this CPU has no AVX-512 BF16: no bfloat16 rows)")
     ceiling = rows[0][1]
     print(f"{'training, per batch of ' + str(b):60s}{'images/s':>10s}{'x bare':>9s}")
     for name, value in rows:
@@ -107,7 +120,7 @@ def measure(args, cache):
     start = time.perf_counter()
     predict.validation_accuracy(net, val_faces, recipe.input_size, ctx, normalization=recipe.normalization)
     seconds = time.perf_counter() - start
-    epoch = len(train_set) / rows[-1][1]
+    epoch = len(train_set) / rows[-1][1]  # the recipe's precision here: the last row
     passes = 2 if average is not None else 1
     print(f"\nvalidation: {len(val_faces.labels)} faces in {seconds:.1f} s ({len(val_faces.labels) / seconds:.0f} "
           f"images/s), {passes} pass(es) per epoch: {passes * seconds:.1f} s beside {epoch:.0f} s of training")

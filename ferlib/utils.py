@@ -8,6 +8,23 @@ from . import cuda
 from .errors import FERError
 
 
+#: Where the CPU's training step computes: ``float32``; ``bfloat16`` (the convolutions and dense
+#: layers, with oneDNN's AVX-512 BF16 kernels); ``auto``: bfloat16 where the CPU has them.
+CPU_PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU multiplies bfloat16 in hardware: the ``avx512_bf16`` flag (AMD Zen 4,
+    Intel Cooper Lake, Sapphire Rapids and newer). Without it oneDNN would emulate bfloat16,
+    more slowly than float32."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            return any(line.startswith("flags") and "avx512_bf16" in line.split() for line in f)
+    except OSError:  # not Linux
+        return False
+
+
 def num_gpus():
     """Number of GPUs MXNet can train on here (see :func:`usable_gpus`)."""
     return len(usable_gpus())

@@ -46,6 +46,10 @@ def test_the_pretrained_run_was_trained_with_the_cpu_recipe_as_it_is():
                  "wd", "momentum", "ema_decay", "normalization"):
         assert config[name] == getattr(recipe, name), name
     assert config["augmentation"] == recipe.augmentation and config["seed"] == 0
+    # It ran in float32, before bfloat16 steps; the README's command says --cpu-precision float32.
+    assert config.get("cpu_precision", "float32") == "float32"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "--cpu-precision float32 --gpus cpu --seed 0 --out runs/cpu-crossentropy\n" in readme
 
 
 def test_a_changed_or_missing_pretrained_file_is_refused(tmp_path, monkeypatch):

@@ -119,6 +119,96 @@ def test_a_sharpness_aware_run_records_rho_and_resumes_only_with_it(synthetic_ca
     assert [r["epoch"] for r in resumed["history"]] == [1, 2]
 
 
+needs_bfloat16 = pytest.mark.skipif(not ferlib.utils.cpu_has_bfloat16(),
+                                    reason="this CPU has no AVX-512 BF16 instructions (avx512_bf16)")
+
+
+def test_the_cpu_precision_is_bfloat16_only_where_the_cpu_multiplies_it(tmp_path, monkeypatch, synthetic_cache):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert ferlib.utils.cpu_has_bfloat16.__wrapped__(str(cpuinfo)) is True
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16x\nbugs\t: avx512_bf16\n")
+    assert ferlib.utils.cpu_has_bfloat16.__wrapped__(str(cpuinfo)) is False  # a flag, whole, on the flags line
+    assert ferlib.utils.cpu_has_bfloat16.__wrapped__(str(tmp_path / "missing")) is False  # not Linux
+    cpu, gpu = [mx.cpu()], [mx.gpu(0)]
+    for has in (True, False):
+        monkeypatch.setattr(ferlib.utils, "cpu_has_bfloat16", lambda has=has: has)
+        assert fer_train.resolve_cpu_precision("auto", cpu) == ("bfloat16" if has else "float32")
+        assert fer_train.resolve_cpu_precision("float32", cpu) == "float32"
+        assert fer_train.resolve_cpu_precision("auto", gpu) == fer_train.resolve_cpu_precision("bfloat16", gpu) \
+            == "float32"  # GPUs: amp is their float16
+    with pytest.raises(FERError, match="no AVX-512 BF16 instructions.*use float32 or auto"):
+        fer_train.resolve_cpu_precision("bfloat16", cpu)
+    with pytest.raises(FERError, match="no AVX-512 BF16"):  # before anything is written
+        fer_train.train(synthetic_cache, tmp_path / "run", cpu_precision="bfloat16", num_epochs=1, **TINY)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(FERError, match="cpu_precision must be one of float32, bfloat16, auto, got 'half'"):
+        fer_train.resolve_cpu_precision("half", cpu)
+    assert fer_train.RECIPES["cpu"].cpu_precision == "auto" and fer_train.RECIPES["paper"].cpu_precision == "float32"
+
+
+@needs_bfloat16
+def test_a_bfloat16_step_moves_the_float32_weights_as_a_float32_step_would():
+    """The view shares the network's float32 parameters, so its step trains them. bfloat16's 8 bits of
+    mantissa bend each weight's step less than drawing another batch of the same data does, and the
+    step lowers the batch's loss as much as the float32 step."""
+    rng = np.random.default_rng(2)
+    batches = [[mx.nd.array(a.astype(np.float32)) for a in (rng.normal(size=(32, 1, 32, 32)),
+                                                             rng.dirichlet(np.ones(8), size=32))] for _ in range(2)]
+    kwargs = {"width": 0.125, "batch_norm": True, "conv_dropout": 0.0, "dense_dropout": 0.0, "input_size": 32}
+    loss_fn = ferlib.losses.get_loss("crossentropy")
+    ctx = [mx.cpu()]
+
+    def step(precision, x, y):
+        """The float32 network's weight moves, and its loss on (x, y) before and after the step."""
+        net = fer_train.build_net("vgg13", kwargs, ctx, seed=5)
+        weights = [p for p in net.collect_params().values() if p.grad_req != "null"]
+        before = [p.data().asnumpy() for p in weights]
+        step_net = fer_train.bfloat16_view(net) if precision == "bfloat16" else net
+        if precision == "bfloat16":
+            assert {id(p) for p in step_net.collect_params().values()} == \
+                {id(p) for p in net.collect_params().values()}
+            with mx.autograd.predict_mode():
+                exact, low = net(x).asnumpy(), step_net(x).asnumpy()
+            assert low.dtype == np.float32
+            np.testing.assert_allclose(low, exact, rtol=0.05, atol=0.02 * np.abs(exact).max())
+            assert not np.array_equal(low, exact)  # it did compute in bfloat16
+        def loss():  # with the batch's own BatchNorm statistics, as in the step
+            with mx.autograd.train_mode():
+                return loss_fn(net(x), y).mean().asscalar()
+
+        loss_before = loss()
+        fer_train.train_batch(step_net, fer_train.make_trainer(net, lr=0.1, momentum=0.0), loss_fn, x, y, ctx)
+        assert all(p.data().dtype == np.float32 for p in weights)
+        return [p.data().asnumpy() - b for p, b in zip(weights, before)], loss_before, loss()
+
+    exact, loss_before, exact_after = step("float32", *batches[0])
+    low, _, low_after = step("bfloat16", *batches[0])
+    other_batch, _, _ = step("float32", *batches[1])
+
+    def cosine(a, b):
+        return (a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b)
+
+    for a, b, c in zip(exact, low, other_batch):
+        assert np.abs(b).max() > 0  # every weight moved
+        assert cosine(a, b) > max(0.5, cosine(a, c))
+    assert exact_after < loss_before and low_after == pytest.approx(exact_after, rel=0.01)
+
+
+@needs_bfloat16
+def test_a_bfloat16_run_records_it_and_exports_a_float32_network(synthetic_cache, tmp_path, capsys):
+    result = fer_train.train(synthetic_cache, tmp_path / "run", cpu_precision="auto", num_epochs=1,
+                             **{**TINY, "progress": True})
+    assert "steps in bfloat16" in capsys.readouterr().out
+    assert result["config"]["cpu_precision"] == "bfloat16"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["cpu_precision"] == "bfloat16"
+    symbol = (tmp_path / "run" / "model-symbol.json").read_text()
+    assert "amp_cast" not in symbol and "bfloat16" not in symbol  # serving and ONNX see float32
+    net, _ = fer_model.load_run(tmp_path / "run")
+    faces = majority_faces(fer_data.load_cache(synthetic_cache), "val")
+    assert validation_accuracy(net, faces, 32, [mx.cpu()]) == pytest.approx(result["best_val_acc"])
+
+
 def test_parse_devices_and_amp_refusals(synthetic_cache, tmp_path):
     with pytest.raises(FERError, match="GPU 7 does not exist"):
         fer_train.train(synthetic_cache, tmp_path / "run", **{**TINY, "gpus": "7"})
@@ -458,6 +548,9 @@ def test_the_command_line_changes_only_the_settings_it_is_given():
     assert recipe("--recipe", "cpu", "--no-validate-last-weights") == fer_train.RECIPES["cpu"].replace(
         validate_last_weights=False)
     assert recipe("--recipe", "cpu", "--sam-rho", "0.05").sam_rho == 0.05 and fer_train.RECIPES["cpu"].sam_rho == 0
+    assert recipe("--recipe", "cpu", "--cpu-precision", "float32").cpu_precision == "float32"
+    with pytest.raises(SystemExit):
+        recipe("--cpu-precision", "float16")
 
 
 def test_the_augmentation_is_a_recipe_setting(synthetic_cache, tmp_path):
