@@ -152,7 +152,7 @@ class Recipe:
 #:   ``vgg13_half`` at 48x48, per-image standardisation, whole-pixel shifts and flips only,
 #:   Nesterov momentum, cosine schedule, a moving average of the weights, bfloat16 steps where the
 #:   CPU has AVX-512 BF16; 40 epochs of about 105 s on 2 cores in float32 (about 70 minutes; see
-#:   the README's results table), about 1.5x faster in bfloat16;
+#:   the README's results table), 54 minutes in bfloat16 on a machine 1.2x slower in float32;
 #: * ``cpu_small``: the earlier CPU recipe, a quarter of the channels, in half the time
 #:   (about 53 s per epoch, 40 epochs in about 36 minutes) and about 2.5 points less accurate;
 #: * ``synthetic``: ``cpu_small``'s network without dropout, which learns the synthetic set to
