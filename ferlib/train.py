@@ -1002,8 +1002,8 @@ def fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at, epochs, iters_p
     history = []
     for epoch in epochs:
         mx.random.seed(_epoch_seed(seed, epoch))  # dropout of epoch e always draws from the same stream
-        record = _train_epoch(step_net or net, trainer, loss_fn, train_iter, ctx, epoch, epochs.stop,
-                              iters_per_epoch, lr_at, step_size, amp, progress, average, sam_rho)
+        record = _train_epoch(net if step_net is None else step_net, trainer, loss_fn, train_iter, ctx, epoch,
+                              epochs.stop, iters_per_epoch, lr_at, step_size, amp, progress, average, sam_rho)
         last = validation_accuracy(net, val_data, input_size, ctx, normalization=normalization) \
             if average is None or validate_last else None
         if average is None:
