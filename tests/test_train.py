@@ -521,7 +521,7 @@ def test_small_variant_learns_the_synthetic_set(learnable_cache, tmp_path):
 def test_recipes_are_named_settings_with_changes(synthetic_cache, tmp_path):
     cpu = fer_train.get_recipe("cpu", lr=0.01)
     assert cpu.lr == 0.01 and cpu.model == "vgg13_half" and fer_train.RECIPES["cpu"].lr == 0.05
-    with pytest.raises(FERError, match="unknown recipe 'fast'; choose one of: paper, cpu, cpu_small, synthetic"):
+    with pytest.raises(FERError, match="unknown recipe 'fast'; choose one of: paper, cpu, cpu_long, cpu_small, synthetic"):
         fer_train.get_recipe("fast")
     with pytest.raises(FERError, match="no setting learning_rate; its settings are: model, model_kwargs"):
         fer_train.get_recipe("cpu", learning_rate=0.1)
@@ -549,6 +549,9 @@ def test_the_command_line_changes_only_the_settings_it_is_given():
         validate_last_weights=False)
     assert recipe("--recipe", "cpu", "--sam-rho", "0.05").sam_rho == 0.05 and fer_train.RECIPES["cpu"].sam_rho == 0
     assert recipe("--recipe", "cpu", "--cpu-precision", "float32").cpu_precision == "float32"
+    # The README's cpu_long runs were started as the cpu recipe with these three changes.
+    assert recipe("--recipe", "cpu", "--wd", "1e-3", "--epochs", "53", "--no-validate-last-weights") == \
+        fer_train.RECIPES["cpu_long"] != fer_train.RECIPES["cpu"]
     with pytest.raises(SystemExit):
         recipe("--cpu-precision", "float16")
 
