@@ -114,7 +114,7 @@ def run_demo(data_dir="data", out_dir="build/demo", synthetic_faces=4000, seed=0
     """Prepare, train, evaluate, package and serve: the whole tutorial in one call.
 
     On the synthetic set the small CPU variant trains in minutes; with the real
-    files in ``data_dir`` it runs the README's CPU recipe (about 70 minutes on 2 cores).
+    files in ``data_dir`` it runs the README's ``cpu`` recipe (about 70 minutes on 2 cores in float32).
     Without the real files, the network that ships with ferlib (``"pretrained"``) is then served
     and answers the real sample photos of :mod:`ferlib.photos`, drawn into ``out_dir``.
     With ``notebook_dir``, the tutorial notebooks are then executed (quick parameters, and
@@ -141,7 +141,7 @@ def run_demo(data_dir="data", out_dir="build/demo", synthetic_faces=4000, seed=0
     print(f"\n== packaging {run_dir} into {model_store}/fer.mar and serving it")
     serve_demo(run_dir, model_store, photos={str(photo): photo} if photo else None, draw_dir=out_dir)
     if not is_real:
-        print(f"\n== the pretrained network (ferlib's CPU recipe, trained on the real FER+ data) on real photos "
+        print(f"\n== the pretrained network (ferlib's cpu_long recipe, trained on the real FER+ data) on real photos "
               f"({', '.join(f'{name} from {package}' for name, package in SAMPLE_PHOTOS.items())}), "
               f"served from {model_store}/fer.mar")
         serve_demo(run.PRETRAINED, model_store, photos=sample_photos(), draw_dir=out_dir)

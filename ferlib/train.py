@@ -155,13 +155,14 @@ _CPU = Recipe(model="vgg13_half", input_size=48, batch_size=64, lr=0.05, optimiz
 #: The named recipes:
 #:
 #: * ``paper``: the FER+ paper's VGG13 recipe (the :class:`Recipe` defaults), for GPUs;
-#: * ``cpu``: the CPU recipe for the real data and the network of ferlib's pretrained weights:
+#: * ``cpu``: the CPU recipe for the real data (``make demo`` trains it there):
 #:   ``vgg13_half`` at 48x48, per-image standardisation, whole-pixel shifts and flips only,
 #:   Nesterov momentum, cosine schedule, a moving average of the weights, bfloat16 steps where the
 #:   CPU has AVX-512 BF16; 40 epochs of about 105 s on 2 cores in float32 (about 70 minutes; see
 #:   the README's results table), 54 minutes in bfloat16 on a machine 1.2x slower in float32;
 #: * ``cpu_long``: ``cpu`` with 53 epochs and weight decay 1e-3, one validation pass an epoch: about
-#:   70 minutes on 2 cores in bfloat16, 90 or more in float32 (the README's ablation);
+#:   70 minutes on 2 cores in bfloat16, 90 or more in float32 (the README's ablation); the network of
+#:   ferlib's pretrained weights;
 #: * ``cpu_small``: the earlier CPU recipe, a quarter of the channels, in half the time
 #:   (about 53 s per epoch, 40 epochs in about 36 minutes) and about 2.5 points less accurate;
 #: * ``synthetic``: ``cpu_small``'s network without dropout, which learns the synthetic set to

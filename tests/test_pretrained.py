@@ -37,19 +37,19 @@ def test_the_pretrained_run_is_complete_small_and_sealed():
     assert config["emotions"] == list(EMOTIONS)
 
 
-def test_the_pretrained_run_was_trained_with_the_cpu_recipe_as_it_is():
-    """The README's command (--recipe cpu) retrains the shipped network: recipe and weights never drift."""
+def test_the_pretrained_run_was_trained_with_the_cpu_long_recipe_as_it_is():
+    """The README's command (--recipe cpu_long) retrains the shipped network: recipe and weights never drift."""
     from ferlib.train import RECIPES
 
-    config, recipe = run.read_config(run.PRETRAINED), RECIPES["cpu"]
+    config, recipe = run.read_config(run.PRETRAINED), RECIPES["cpu_long"]
     for name in ("model", "input_size", "num_epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
                  "wd", "momentum", "ema_decay", "normalization"):
         assert config[name] == getattr(recipe, name), name
     assert config["augmentation"] == recipe.augmentation and config["seed"] == 0
-    # It ran in float32, before bfloat16 steps; the README's command says --cpu-precision float32.
-    assert config.get("cpu_precision", "float32") == "float32"
+    # It ran with bfloat16 steps: the recipe's "auto" on a CPU with AVX-512 BF16.
+    assert recipe.cpu_precision == "auto" and config["cpu_precision"] == "bfloat16"
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert "--cpu-precision float32 --gpus cpu --seed 0 --out runs/cpu-crossentropy\n" in readme
+    assert "--recipe cpu_long --mode crossentropy \\\n    --gpus cpu --seed $seed --out runs/cpu_long-crossentropy-s$seed\n" in readme
 
 
 def test_a_changed_or_missing_pretrained_file_is_refused(tmp_path, monkeypatch):
@@ -75,6 +75,8 @@ def test_get_model_pretrained_is_the_shipped_network():
     exported = ferlib.model.load_exported(run.PRETRAINED)
     x = mx.nd.random.normal(shape=(3, 1, 48, 48))
     np.testing.assert_allclose(net(x).asnumpy(), exported(x).asnumpy(), rtol=1e-4, atol=1e-5)
+    # float32 weights although it trained with bfloat16 steps: it runs on any CPU.
+    assert {param.data().dtype for param in net.collect_params().values()} == {np.float32}
     # It carries how its faces must be prepared: the shipped run's normalisation.
     assert net.normalization == ferlib.transforms.normalization_of(run.read_config(run.PRETRAINED)) == "standard"
     with pytest.raises(FERError, match="vgg13 has no pretrained weights: ferlib ships FER\\+ weights for 'vgg13_half'"):
@@ -138,12 +140,12 @@ def test_the_shipped_weights_reproduce_the_readme_figure(tmp_path):
 
 
 def test_the_readme_shows_the_shipped_run_as_ferlib_results_prints_it():
-    """The four-scheme table of the README is printed by ``python -m ferlib results``: its seed-0 crossentropy
-    row (the shipped run) has the figures that the command prints for ``pretrained``."""
+    """The README's four-scheme table (``cpu_long``) is printed by ``python -m ferlib results``: its seed-0
+    crossentropy row (the shipped run) has the figures that the command prints for ``pretrained``."""
     from ferlib.evaluate import format_results_table, run_results
 
     printed = format_results_table([run_results(run.PRETRAINED)]).splitlines()[2]
     figures = printed.split(" | ", 1)[1]  # every column but the run's folder
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    row = next(line for line in readme.splitlines() if line.startswith("| runs/cpu-crossentropy-s0 |"))
-    assert row == f"| runs/cpu-crossentropy-s0 | {figures}"
+    row = next(line for line in readme.splitlines() if line.startswith("| runs/cpu_long-crossentropy-s0 |"))
+    assert row == f"| runs/cpu_long-crossentropy-s0 | {figures}"
