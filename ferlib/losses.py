@@ -7,13 +7,16 @@ one value per sample, shape (N,), like the losses of :mod:`mxnet.gluon.loss`
 * majority, probability, crossentropy: :class:`SoftTargetCrossEntropyLoss`,
   ``-sum_k t_k log p_k``, with ``t`` the one-hot majority label, a one-hot
   label drawn from the vote distribution each epoch, or the vote
-  distribution itself (see :func:`ferlib.labels.training_targets`).
+  distribution itself (see :func:`ferlib.labels.training_targets`); with
+  ``smoothing`` ``s``, against ``(1 - s) t + s / C`` (label smoothing,
+  Szegedy et al. 2016).
 * multi_target: :class:`MultiTargetLoss`, ``-log max_k (t_k p_k)`` with ``t``
   the mask of :func:`ferlib.labels.multi_target_mask`: the loss is that of the
   taken class the network already finds most likely.
 
 Both work from ``log_softmax``, so they stay finite for any logits.
 """
+from .errors import FERError
 from .labels import check_mode
 
 from mxnet.gluon.loss import Loss, _apply_weighting, _reshape_like  # noqa: E402
@@ -48,6 +51,9 @@ class SoftTargetCrossEntropyLoss(_ClassAxisLoss):
 
     Parameters
     ----------
+    smoothing : float, default 0
+        Label smoothing ``s`` in [0, 1): the target is ``(1 - s) t + s / C`` for ``C`` classes,
+        which pulls every class's logit towards the others.
     axis : int, default -1
         The class axis.
     weight : float or None
@@ -65,8 +71,17 @@ class SoftTargetCrossEntropyLoss(_ClassAxisLoss):
     (N,) loss per sample.
     """
 
+    def __init__(self, smoothing=0.0, axis=-1, weight=None, batch_axis=0, **kwargs):
+        super().__init__(axis, weight, batch_axis, **kwargs)
+        self._smoothing = check_smoothing(smoothing)
+
     def _sample_loss(self, F, pred, label):
-        return -F.sum(label * F.log_softmax(pred, axis=self._axis), axis=self._axis, keepdims=True)
+        log_p = F.log_softmax(pred, axis=self._axis)
+        loss = -F.sum(label * log_p, axis=self._axis, keepdims=True)
+        if self._smoothing:  # the uniform part s / C of the target, without needing C
+            s = self._smoothing
+            loss = (1 - s) * loss - s * F.mean(log_p, axis=self._axis, keepdims=True)
+        return loss
 
 
 class MultiTargetLoss(_ClassAxisLoss):
@@ -113,9 +128,23 @@ _LOSSES = {
 }
 
 
-def get_loss(mode, **kwargs):
+def check_smoothing(smoothing):
+    """``smoothing`` as a float in [0, 1), else a FERError."""
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+        raise FERError(f"label smoothing must be a number in [0, 1) (0: off), got {smoothing!r}")
+    return float(smoothing)
+
+
+def get_loss(mode, smoothing=0.0, **kwargs):
     """The loss block of a FER+ label scheme (one of :data:`ferlib.labels.MODES`).
 
-    ``kwargs`` go to the loss constructor (e.g. ``weight``).
+    ``smoothing``: label smoothing (:class:`SoftTargetCrossEntropyLoss`; not for the multi-target
+    loss). ``kwargs`` go to the loss constructor (e.g. ``weight``).
     """
-    return _LOSSES[check_mode(mode)](**kwargs)
+    loss_class = _LOSSES[check_mode(mode)]
+    if check_smoothing(smoothing):
+        if loss_class is not SoftTargetCrossEntropyLoss:
+            raise FERError(f"label smoothing does not apply to the {mode} loss; "
+                           "use it with majority, probability or crossentropy")
+        kwargs["smoothing"] = smoothing
+    return loss_class(**kwargs)

@@ -104,6 +104,9 @@ class Recipe:
     validate_last_weights
         With an average, also validate the last weights each epoch (``val_acc_last`` in the
         history): a second pass over the validation split, about 3% of an epoch of ``cpu``.
+    label_smoothing
+        0: the loss's targets as they are. Else each target ``t`` becomes ``(1 - s) t + s / 8``
+        (:class:`ferlib.losses.SoftTargetCrossEntropyLoss`; not with the multi-target loss).
     sam_rho
         0: plain SGD. Else sharpness-aware minimisation (Foret et al. 2021): each step takes the gradient
         at the weights moved ``sam_rho`` uphill (:func:`train_batch`), which costs a second forward and
@@ -131,6 +134,7 @@ class Recipe:
     optimizer: str = "sgd"
     ema_decay: float = 0.0
     sam_rho: float = 0.0
+    label_smoothing: float = 0.0
     validate_last_weights: bool = True
     augmentation: dict = dataclasses.field(default_factory=dict)
     normalization: str = DEFAULT_NORMALIZATION
@@ -195,7 +199,8 @@ def get_recipe(recipe="paper", **changes):
 _STAGED_CHECKPOINT = re.compile(r"checkpoint-\d+\.(params|states)")
 #: Settings that must not change when a run is resumed (num_epochs may grow).
 RESUME_KEYS = ("model", "model_kwargs", "mode", "input_size", "batch_size", "lr", "schedule", "warmup_epochs",
-               "lr_steps", "wd", "momentum", "optimizer", "ema_decay", "sam_rho", "augmentation", "normalization", "seed")
+               "lr_steps", "wd", "momentum", "optimizer", "ema_decay", "sam_rho", "label_smoothing", "augmentation",
+               "normalization", "seed")
 
 
 # --------------------------------------------------------------------------- devices and kvstore
@@ -875,6 +880,7 @@ def _check_resumed_settings(run_dir, config):
     old = json.loads((run_dir / run.CONFIG).read_text(encoding="utf-8"))
     old["normalization"] = normalization_of(old)  # runs from before the setting: the FER+ one
     old.setdefault("sam_rho", 0.0)  # runs from before the setting: plain SGD
+    old.setdefault("label_smoothing", 0.0)  # ... and the targets as they were
     changed = [k for k in RESUME_KEYS if old.get(k) != config[k]]
     if changed:
         raise FERError(f"cannot resume {run_dir} with different settings: "
@@ -950,6 +956,7 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
     recipe = _checked_recipe(get_recipe(recipe, **changes))
     fer_labels.check_mode(mode)
     fer_data.check_mixup(_augmentation(recipe), mode)
+    loss_fn = fer_losses.get_loss(mode, smoothing=recipe.label_smoothing)  # a mode it does not apply to fails here
     if amp and recipe.sam_rho:
         raise FERError("sharpness-aware minimisation (sam_rho) is not supported with amp: float16 gradients "
                        "that overflow would move the weights to NaN; drop --amp or --sam-rho")
@@ -983,7 +990,7 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
         train_iter = fer_data.make_loader(train_set, recipe.batch_size, shuffle=True, num_workers=num_workers,
                                           last_batch="discard", seed=seed + 1000003 * rank,  # shards differ
                                           start_epoch=start_epoch)
-        fit(net, train_iter, val_data, fer_losses.get_loss(mode), trainer, ctx, lr_at,
+        fit(net, train_iter, val_data, loss_fn, trainer, ctx, lr_at,
             range(start_epoch, recipe.num_epochs), iters_per_epoch, recipe.batch_size * num_machines,
             recipe.input_size, seed=seed, amp=amp, progress=progress, on_epoch=keeper, average=average,
             normalization=recipe.normalization, validate_last=recipe.validate_last_weights, sam_rho=recipe.sam_rho,
@@ -1071,7 +1078,7 @@ def _run_config(recipe, mode, seed, ctx, data_name, kv, num_machines, precision=
         "lr": recipe.lr, "schedule": recipe.schedule, "warmup_epochs": recipe.warmup_epochs,
         "lr_steps": list(recipe.lr_steps), "wd": recipe.wd, "momentum": recipe.momentum,
         "optimizer": recipe.optimizer, "ema_decay": recipe.ema_decay, "sam_rho": recipe.sam_rho,
-        "augmentation": dict(recipe.augmentation),
+        "label_smoothing": recipe.label_smoothing, "augmentation": dict(recipe.augmentation),
         "normalization": recipe.normalization, "cpu_precision": precision, "seed": seed,
         "devices": [str(c) for c in ctx], "data": data_name,
         "kvstore": kv.type if isinstance(kv, mx.kv.KVStore) else kv, "workers": num_machines,
@@ -1245,6 +1252,8 @@ def add_commands(subparsers):
     p.add_argument("--sam-rho", type=float, default=None,
                    help="sharpness-aware minimisation: take each step's gradient this far uphill "
                         "(e.g. 0.05; twice the compute per batch; 0: off)")
+    p.add_argument("--label-smoothing", type=float, default=None,
+                   help="train towards (1 - S) t + S / 8 instead of each target t (e.g. 0.1; 0: off)")
     p.add_argument("--validate-last-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="with --ema-decay, also validate the last weights every epoch (default: the recipe's)")
     p.add_argument("--input-size", type=int, default=None, help="network input side in pixels")
@@ -1270,7 +1279,8 @@ def recipe_from_args(args):
         ("model", args.model), ("num_epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
         ("schedule", args.schedule), ("warmup_epochs", args.warmup_epochs), ("wd", args.wd),
         ("momentum", args.momentum), ("optimizer", args.optimizer), ("ema_decay", args.ema_decay),
-        ("sam_rho", args.sam_rho), ("input_size", args.input_size), ("normalization", args.normalization),
+        ("sam_rho", args.sam_rho), ("label_smoothing", args.label_smoothing), ("input_size", args.input_size),
+        ("normalization", args.normalization),
         ("validate_last_weights", args.validate_last_weights), ("cpu_precision", args.cpu_precision))
         if value is not None}
     if args.augment is not None:  # changes the recipe's distortion, setting by setting

@@ -50,6 +50,37 @@ def test_soft_cross_entropy_by_hand():
     assert loss[0] == pytest.approx(math.log(12), rel=1e-12)
 
 
+def test_label_smoothing_mixes_the_target_with_the_uniform_distribution():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0, 2, size=(6, 8))
+    targets = rng.dirichlet(np.ones(8) * 0.5, size=6)
+    smoothed = SoftTargetCrossEntropyLoss(smoothing=0.2)
+    expected = SoftTargetCrossEntropyLoss()(nd(logits), nd(0.8 * targets + 0.2 / 8)).asnumpy()
+    np.testing.assert_allclose(smoothed(nd(logits), nd(targets)).asnumpy(), expected, rtol=1e-12)
+    hybrid = SoftTargetCrossEntropyLoss(smoothing=0.2)
+    hybrid.hybridize()
+    np.testing.assert_allclose(hybrid(nd(logits, "float32"), nd(targets, "float32")).asnumpy(), expected, rtol=1e-5)
+    # a one-hot target no longer rewards certainty: the loss is least at p = 0.8 + 0.2/8, not at 1
+    sure, smooth = np.log(np.r_[1e4, np.ones(7)]), np.log(np.r_[0.825 / 0.025, np.ones(7)])
+    loss = smoothed(nd(np.stack([sure, smooth])), nd(np.stack([onehot(0)] * 2))).asnumpy()
+    assert loss[1] < loss[0]
+    plain = SoftTargetCrossEntropyLoss()(nd(np.stack([sure, smooth])), nd(np.stack([onehot(0)] * 2))).asnumpy()
+    assert plain[0] < plain[1]  # without smoothing, certainty wins
+    assert get_loss("crossentropy", smoothing=0.2)._smoothing == 0.2
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, "0.1", True])
+def test_label_smoothing_out_of_range_is_refused(bad):
+    with pytest.raises(FERError, match="label smoothing must be a number in \\[0, 1\\)"):
+        get_loss("crossentropy", smoothing=bad)
+
+
+def test_label_smoothing_is_refused_for_the_multi_target_loss():
+    with pytest.raises(FERError, match="label smoothing does not apply to the multi_target loss"):
+        get_loss("multi_target", smoothing=0.1)
+    assert isinstance(get_loss("multi_target", smoothing=0), MultiTargetLoss)
+
+
 def test_soft_cross_entropy_equals_gluon_for_one_hot():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, size=(16, 8)).astype(np.float32)

@@ -119,6 +119,20 @@ def test_a_sharpness_aware_run_records_rho_and_resumes_only_with_it(synthetic_ca
     assert [r["epoch"] for r in resumed["history"]] == [1, 2]
 
 
+def test_a_run_with_label_smoothing_records_it_and_resumes_only_with_it(synthetic_cache, tmp_path):
+    settings = dict(mode="crossentropy", num_epochs=1, seed=2, **TINY)
+    smooth = fer_train.train(synthetic_cache, tmp_path / "smooth", label_smoothing=0.1, **settings)
+    plain = fer_train.train(synthetic_cache, tmp_path / "plain", **settings)
+    assert json.loads((tmp_path / "smooth" / "config.json").read_text())["label_smoothing"] == 0.1
+    assert smooth["history"][0]["loss"] != plain["history"][0]["loss"]  # a different loss from the first batch
+    with pytest.raises(FERError, match="cannot resume .* label_smoothing 0.1 -> 0.0"):
+        fer_train.train(synthetic_cache, tmp_path / "smooth", resume=True, **{**settings, "num_epochs": 2})
+    with pytest.raises(FERError, match="label smoothing does not apply to the multi_target loss"):
+        fer_train.train(synthetic_cache, tmp_path / "refused", label_smoothing=0.1,
+                        **{**settings, "mode": "multi_target"})
+    assert not (tmp_path / "refused").exists()
+
+
 needs_bfloat16 = pytest.mark.skipif(not ferlib.utils.cpu_has_bfloat16(),
                                     reason="this CPU has no AVX-512 BF16 instructions (avx512_bf16)")
 
@@ -548,6 +562,8 @@ def test_the_command_line_changes_only_the_settings_it_is_given():
     assert recipe("--recipe", "cpu", "--no-validate-last-weights") == fer_train.RECIPES["cpu"].replace(
         validate_last_weights=False)
     assert recipe("--recipe", "cpu", "--sam-rho", "0.05").sam_rho == 0.05 and fer_train.RECIPES["cpu"].sam_rho == 0
+    assert recipe("--recipe", "cpu_long", "--label-smoothing", "0.1").label_smoothing == 0.1
+    assert fer_train.RECIPES["cpu_long"].label_smoothing == 0
     assert recipe("--recipe", "cpu", "--cpu-precision", "float32").cpu_precision == "float32"
     # The README's cpu_long runs were started as the cpu recipe with these three changes.
     assert recipe("--recipe", "cpu", "--wd", "1e-3", "--epochs", "53", "--no-validate-last-weights") == \
