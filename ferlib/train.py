@@ -107,6 +107,9 @@ class Recipe:
     label_smoothing
         0: the loss's targets as they are. Else each target ``t`` becomes ``(1 - s) t + s / 8``
         (:class:`ferlib.losses.SoftTargetCrossEntropyLoss`; not with the multi-target loss).
+    no_wd
+        True: no weight decay on BatchNorm's scale and shift and on biases, only on the weights of the
+        convolutions and dense layers (gluon-cv's ``--no-wd``; He et al. 2019, "Bag of Tricks").
     sam_rho
         0: plain SGD. Else sharpness-aware minimisation (Foret et al. 2021): each step takes the gradient
         at the weights moved ``sam_rho`` uphill (:func:`train_batch`), which costs a second forward and
@@ -130,6 +133,7 @@ class Recipe:
     warmup_epochs: int = None
     lr_steps: tuple = FERPLUS_LR_STEPS
     wd: float = 0.0
+    no_wd: bool = False
     momentum: float = 0.9
     optimizer: str = "sgd"
     ema_decay: float = 0.0
@@ -199,8 +203,8 @@ def get_recipe(recipe="paper", **changes):
 _STAGED_CHECKPOINT = re.compile(r"checkpoint-\d+\.(params|states)")
 #: Settings that must not change when a run is resumed (num_epochs may grow).
 RESUME_KEYS = ("model", "model_kwargs", "mode", "input_size", "batch_size", "lr", "schedule", "warmup_epochs",
-               "lr_steps", "wd", "momentum", "optimizer", "ema_decay", "sam_rho", "label_smoothing", "augmentation",
-               "normalization", "seed")
+               "lr_steps", "wd", "no_wd", "momentum", "optimizer", "ema_decay", "sam_rho", "label_smoothing",
+               "augmentation", "normalization", "seed")
 
 
 # --------------------------------------------------------------------------- devices and kvstore
@@ -385,8 +389,11 @@ def bfloat16_view(net):
     return view
 
 
-def make_trainer(net, lr=0.05, momentum=0.9, wd=0.0, kvstore=None, amp=False, optimizer="sgd"):
+def make_trainer(net, lr=0.05, momentum=0.9, wd=0.0, kvstore=None, amp=False, optimizer="sgd", no_wd=False):
     """The momentum-SGD (or, ``optimizer="nag"``, Nesterov) :class:`~mxnet.gluon.Trainer` of :func:`train`.
+
+    ``no_wd``: the weight decay spares BatchNorm's ``gamma`` and ``beta`` and every ``bias`` (their
+    ``wd_mult`` becomes 0; Gluon otherwise decays every parameter).
 
     The kvstore only sums the gradients (``update_on_kvstore=False``): every
     device, and every machine, then runs the same SGD update itself. That is
@@ -394,6 +401,8 @@ def make_trainer(net, lr=0.05, momentum=0.9, wd=0.0, kvstore=None, amp=False, op
     between machines, and keeps the optimizer state in ``checkpoint.states``.
     """
     kind = mx.optimizer.NAG if check_optimizer(optimizer) == "nag" else mx.optimizer.SGD
+    if no_wd:  # read by the optimizer when the Trainer builds it: set before
+        net.collect_params(".*gamma|.*beta|.*bias").setattr("wd_mult", 0.0)
     sgd = kind(learning_rate=lr, momentum=momentum, wd=wd, multi_precision=amp)
     trainer = gluon.Trainer(net.collect_params(), sgd, kvstore=kvstore,
                             update_on_kvstore=False if kvstore is not None else None)
@@ -881,6 +890,7 @@ def _check_resumed_settings(run_dir, config):
     old["normalization"] = normalization_of(old)  # runs from before the setting: the FER+ one
     old.setdefault("sam_rho", 0.0)  # runs from before the setting: plain SGD
     old.setdefault("label_smoothing", 0.0)  # ... and the targets as they were
+    old.setdefault("no_wd", False)  # ... and decayed every parameter
     changed = [k for k in RESUME_KEYS if old.get(k) != config[k]]
     if changed:
         raise FERError(f"cannot resume {run_dir} with different settings: "
@@ -981,7 +991,8 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
         iters_per_epoch = len(train_set) // recipe.batch_size  # the last partial batch is dropped
         lr_at = make_lr_schedule(recipe.schedule, recipe.lr, recipe.num_epochs, iters_per_epoch,
                                  recipe.warmup_epochs, recipe.lr_steps)
-        trainer = make_trainer(net, recipe.lr, recipe.momentum, recipe.wd, kv, amp, recipe.optimizer)
+        trainer = make_trainer(net, recipe.lr, recipe.momentum, recipe.wd, kv, amp, recipe.optimizer,
+                               recipe.no_wd)
         keeper = _RunKeeper(run_dir, net, trainer, callback, progress, average)
         start_epoch = keeper.resume(checkpoint, ctx)
         share_initial_weights(trainer)
@@ -1042,6 +1053,8 @@ def _checked_recipe(recipe):
     checked = {name: _check_positive(name, getattr(recipe, name))
                for name in ("num_epochs", "batch_size", "input_size")}
     checked["lr"] = _check_positive("lr", recipe.lr, float)
+    if not isinstance(recipe.no_wd, bool):
+        raise FERError(f"no_wd must be True or False, got {recipe.no_wd!r}")
     if not (isinstance(recipe.sam_rho, (int, float)) and recipe.sam_rho >= 0):
         raise FERError(f"sam_rho must be a number >= 0 (0: plain SGD), got {recipe.sam_rho!r}")
     check_optimizer(recipe.optimizer)
@@ -1076,7 +1089,7 @@ def _run_config(recipe, mode, seed, ctx, data_name, kv, num_machines, precision=
         "model": recipe.model, "model_kwargs": recipe.model_kwargs, "mode": mode, "input_size": recipe.input_size,
         "emotions": list(EMOTIONS), "num_epochs": recipe.num_epochs, "batch_size": recipe.batch_size,
         "lr": recipe.lr, "schedule": recipe.schedule, "warmup_epochs": recipe.warmup_epochs,
-        "lr_steps": list(recipe.lr_steps), "wd": recipe.wd, "momentum": recipe.momentum,
+        "lr_steps": list(recipe.lr_steps), "wd": recipe.wd, "no_wd": recipe.no_wd, "momentum": recipe.momentum,
         "optimizer": recipe.optimizer, "ema_decay": recipe.ema_decay, "sam_rho": recipe.sam_rho,
         "label_smoothing": recipe.label_smoothing, "augmentation": dict(recipe.augmentation),
         "normalization": recipe.normalization, "cpu_precision": precision, "seed": seed,
@@ -1252,6 +1265,8 @@ def add_commands(subparsers):
     p.add_argument("--sam-rho", type=float, default=None,
                    help="sharpness-aware minimisation: take each step's gradient this far uphill "
                         "(e.g. 0.05; twice the compute per batch; 0: off)")
+    p.add_argument("--no-wd", action="store_true", default=None,
+                   help="no weight decay on BatchNorm's gamma and beta and on biases (default: the recipe's)")
     p.add_argument("--label-smoothing", type=float, default=None,
                    help="train towards (1 - S) t + S / 8 instead of each target t (e.g. 0.1; 0: off)")
     p.add_argument("--validate-last-weights", action=argparse.BooleanOptionalAction, default=None,
@@ -1277,7 +1292,7 @@ def recipe_from_args(args):
     base = get_recipe(args.recipe)
     changes = {name: value for name, value in (
         ("model", args.model), ("num_epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
-        ("schedule", args.schedule), ("warmup_epochs", args.warmup_epochs), ("wd", args.wd),
+        ("schedule", args.schedule), ("warmup_epochs", args.warmup_epochs), ("wd", args.wd), ("no_wd", args.no_wd),
         ("momentum", args.momentum), ("optimizer", args.optimizer), ("ema_decay", args.ema_decay),
         ("sam_rho", args.sam_rho), ("label_smoothing", args.label_smoothing), ("input_size", args.input_size),
         ("normalization", args.normalization),

@@ -5,6 +5,7 @@ session's small synthetic set for one or two epochs; the slow one shows that a
 small variant really learns the synthetic set.
 """
 import json
+import re
 import time
 
 import numpy as np
@@ -117,6 +118,45 @@ def test_a_sharpness_aware_run_records_rho_and_resumes_only_with_it(synthetic_ca
     config_path.write_text(json.dumps(config))
     resumed = fer_train.train(synthetic_cache, tmp_path / "plain", resume=True, **{**settings, "num_epochs": 2})
     assert [r["epoch"] for r in resumed["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize("no_wd", [False, True])
+def test_no_wd_spares_batchnorm_and_biases_from_the_weight_decay(no_wd):
+    """With a zero gradient an SGD step is the weight decay alone: every parameter shrinks by lr * wd,
+    or with no_wd only the weights of the convolution and dense layers."""
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Conv2D(2, 3, in_channels=1), mx.gluon.nn.BatchNorm(in_channels=2),
+            mx.gluon.nn.Dense(3, in_units=2 * 4 * 4))
+    net.initialize()
+    for param in net.collect_params().values():
+        param.set_data(mx.nd.ones(param.shape))
+    trainer = fer_train.make_trainer(net, lr=0.5, momentum=0.0, wd=0.2, no_wd=no_wd)
+    with mx.autograd.record():
+        loss = 0 * net(mx.nd.ones((1, 1, 6, 6))).sum()
+    loss.backward()
+    trainer.step(1)
+    after = {re.sub(r"^.*?(conv|batchnorm|dense)\d+_", r"\1_", name): p.data().asnumpy()
+             for name, p in net.collect_params().items()}
+    spared = {"conv_bias", "batchnorm_gamma", "batchnorm_beta", "dense_bias"}
+    for name, value in after.items():
+        if name.endswith(("running_mean", "running_var")):
+            continue
+        expected = 1.0 if no_wd and name in spared else 1.0 - 0.5 * 0.2
+        np.testing.assert_allclose(value, expected, rtol=1e-6, err_msg=name)
+    assert spared <= set(after)
+
+
+def test_a_run_without_decay_on_norms_and_biases_records_it_and_resumes_only_with_it(synthetic_cache, tmp_path):
+    settings = dict(mode="crossentropy", num_epochs=1, seed=2, wd=0.05, **TINY)
+    spared = fer_train.train(synthetic_cache, tmp_path / "spared", no_wd=True, **settings)
+    plain = fer_train.train(synthetic_cache, tmp_path / "plain", **settings)
+    assert json.loads((tmp_path / "spared" / "config.json").read_text())["no_wd"] is True
+    assert spared["history"][0]["loss"] != plain["history"][0]["loss"]  # different steps from the first one
+    with pytest.raises(FERError, match="cannot resume .* no_wd True -> False"):
+        fer_train.train(synthetic_cache, tmp_path / "spared", resume=True, **{**settings, "num_epochs": 2})
+    with pytest.raises(FERError, match="no_wd must be True or False"):
+        fer_train.train(synthetic_cache, tmp_path / "refused", no_wd="yes", **settings)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_a_run_with_label_smoothing_records_it_and_resumes_only_with_it(synthetic_cache, tmp_path):
@@ -564,6 +604,7 @@ def test_the_command_line_changes_only_the_settings_it_is_given():
     assert recipe("--recipe", "cpu", "--sam-rho", "0.05").sam_rho == 0.05 and fer_train.RECIPES["cpu"].sam_rho == 0
     assert recipe("--recipe", "cpu_long", "--label-smoothing", "0.1").label_smoothing == 0.1
     assert fer_train.RECIPES["cpu_long"].label_smoothing == 0
+    assert recipe("--recipe", "cpu_long", "--no-wd").no_wd is True and recipe("--recipe", "cpu_long").no_wd is False
     assert recipe("--recipe", "cpu", "--cpu-precision", "float32").cpu_precision == "float32"
     # The README's cpu_long runs were started as the cpu recipe with these three changes.
     assert recipe("--recipe", "cpu", "--wd", "1e-3", "--epochs", "53", "--no-validate-last-weights") == \
