@@ -888,9 +888,8 @@ def _check_resumed_settings(run_dir, config):
         raise FERError(f"{run_dir / run.CONFIG} is missing: cannot check the settings of the run to resume")
     old = json.loads((run_dir / run.CONFIG).read_text(encoding="utf-8"))
     old["normalization"] = normalization_of(old)  # runs from before the setting: the FER+ one
-    old.setdefault("sam_rho", 0.0)  # runs from before the setting: plain SGD
-    old.setdefault("label_smoothing", 0.0)  # ... and the targets as they were
-    old.setdefault("no_wd", False)  # ... and decayed every parameter
+    for name in ("sam_rho", "label_smoothing", "no_wd"):  # runs from before these settings had the default
+        old.setdefault(name, getattr(Recipe, name))
     changed = [k for k in RESUME_KEYS if old.get(k) != config[k]]
     if changed:
         raise FERError(f"cannot resume {run_dir} with different settings: "
