@@ -6,8 +6,9 @@ The baseline is the bare SGD step on one batch held in memory: forward, loss, ba
 nothing else, in float32. Each following row adds one part of what ``ferlib.train.train`` does per
 batch, up to the whole ``_train_epoch`` over the real input pipeline; on a CPU with AVX-512 BF16,
 two more rows run the bare step and the whole epoch through ``bfloat16_view`` (the ``cpu`` recipe's
-``cpu_precision="auto"``). The last rows time one validation pass, which a run with a weight average
-makes twice per epoch. Run it on an idle machine: the ratios are what it is for. Faces are the cache
+``cpu_precision="auto"``), with Intel's AMX where ``import ferlib`` switched it on (the header says);
+``DNNL_MAX_CPU_ISA=AVX512_CORE_BF16`` in the environment keeps AMX off, for the figures without it. The last rows time one validation pass, which a run with a weight average
+makes twice per epoch when it also validates the last weights. Run it on an idle machine: the ratios are what it is for. Faces are the cache
 given with ``--data``, else the built-in synthetic ones.
 """
 import argparse
@@ -69,7 +70,8 @@ def measure(args, cache):
     x, y = (mx.nd.array(a) for a in train_set.batch(range(b)))
     average = train.WeightAverage(net, recipe.ema_decay) if recipe.ema_decay else None
     print(f"recipe {args.recipe} ({recipe.model}, {recipe.input_size}x{recipe.input_size}, batch {b}), "
-          f"{len(train_set)} training faces of {cache}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}\n")
+          f"{len(train_set)} training faces of {cache}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
+          f"AMX {'on' if ferlib.cpu.amx_enabled() else 'off' if ferlib.cpu.cpu_has_amx() else 'absent'}\n")
 
     steps = [0]
 
@@ -106,7 +108,7 @@ def measure(args, cache):
         return record["images_per_sec"]
 
     rows.append(("whole epoch loop, input pipeline included (_train_epoch)", whole_epoch(net)))
-    if utils.cpu_has_bfloat16():
+    if ferlib.cpu.cpu_has_bfloat16():
         step_net = train.bfloat16_view(net)
         rows += [("bare step in bfloat16 (bfloat16_view)", images_per_second(bare(step_net), b, args.batches)),
                  ("whole epoch loop in bfloat16", whole_epoch(step_net))]
@@ -121,7 +123,7 @@ def measure(args, cache):
     predict.validation_accuracy(net, val_faces, recipe.input_size, ctx, normalization=recipe.normalization)
     seconds = time.perf_counter() - start
     epoch = len(train_set) / rows[-1][1]  # the recipe's precision here: the last row
-    passes = 2 if average is not None else 1
+    passes = 2 if average is not None and recipe.validate_last_weights else 1
     print(f"\nvalidation: {len(val_faces.labels)} faces in {seconds:.1f} s ({len(val_faces.labels) / seconds:.0f} "
           f"images/s), {passes} pass(es) per epoch: {passes * seconds:.1f} s beside {epoch:.0f} s of training")
 

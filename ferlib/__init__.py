@@ -22,33 +22,35 @@ One module per stage of the notebook series::
     ferlib.scenes      photo-like scenes of FER+ faces with their ground truth (the photo benchmark)
     ferlib.fileio      files written atomically, path errors in plain words
     ferlib.utils       devices (try_gpu, try_all_gpus)
+    ferlib.cpu         the CPU's bfloat16 kernels: AVX-512 BF16, and Intel's AMX switched on for oneDNN
     ferlib.cuda        which MXNet build fits this GPU, and the CUDA 11 libraries it loads
     ferlib.install     ``python -m ferlib.install``: MXNet and the rest, without touching numpy
     ferlib.paths       the repository root, and notebook paths relative to it
 
 ``import ferlib`` is light: submodules load on first use (``ferlib.data``, ...).
-It must come before ``import mxnet``: it makes MXNet 1.9.1 importable on numpy 2
-and loads the GPU build's CUDA libraries. ``python -m ferlib --help`` lists the
-command-line verbs over the same functions.
+It must come before ``import mxnet``: it makes MXNet 1.9.1 importable on numpy 2,
+loads the GPU build's CUDA libraries and lets oneDNN use AMX where the CPU has it.
+``python -m ferlib --help`` lists the command-line verbs over the same functions.
 """
 import importlib
 import sys
 
-from . import cuda
+from . import cpu, cuda
 from ._mxnet_compat import prepare_mxnet_import
 from .errors import FERError
 
 __version__ = "0.1.0"
 
-# Both must run before anything imports mxnet (see _mxnet_compat and cuda for why).
+# These must run before anything imports mxnet (see _mxnet_compat, cuda and cpu for why).
 prepare_mxnet_import()
+cpu.enable_amx()
 _missing_cuda_libraries = cuda.prepare_mxnet()
 if _missing_cuda_libraries:
     print(cuda.missing_message(_missing_cuda_libraries), file=sys.stderr)
 
 #: Loaded on first access, so that ``import ferlib`` needs neither MXNet nor OpenCV.
 _LAZY_NAMES = {"EMOTIONS": "labels", "MODES": "labels", "VOTE_COLUMNS": "labels"}
-_SUBMODULES = ("cuda", "data", "demo", "evaluate", "export", "fileio", "formats", "install", "labels", "losses",
+_SUBMODULES = ("cpu", "cuda", "data", "demo", "evaluate", "export", "fileio", "formats", "install", "labels", "losses",
                "metrics", "model", "paths", "photos", "plots", "predict", "run", "saliency", "scenes", "serving",
                "synth", "train", "transforms", "utils", "web")
 

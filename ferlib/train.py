@@ -51,7 +51,7 @@ from . import data as fer_data
 from . import labels as fer_labels
 from . import losses as fer_losses
 from . import model as fer_model
-from . import fileio, run, utils
+from . import cpu, fileio, run, utils
 from .errors import FERError
 from .predict import majority_faces, validation_accuracy
 from .labels import EMOTIONS
@@ -119,7 +119,8 @@ class Recipe:
         warm-up over ``warmup_epochs`` (default a tenth of the epochs, at most 5), then cosine to 0.
     cpu_precision
         What a training step on the CPU computes in (:data:`ferlib.utils.CPU_PRECISIONS`): ``float32``,
-        ``bfloat16`` (:func:`bfloat16_view`), or ``auto``: bfloat16 where the CPU has AVX-512 BF16.
+        ``bfloat16`` (:func:`bfloat16_view`), or ``auto``: bfloat16 where it is the faster
+        (:func:`ferlib.cpu.bfloat16_is_fast`).
         The weights, their update, validation and the export stay float32. GPUs use ``amp`` instead.
     """
 
@@ -165,11 +166,12 @@ _CPU = Recipe(model="vgg13_half", input_size=48, batch_size=64, lr=0.05, optimiz
 #: * ``paper``: the FER+ paper's VGG13 recipe (the :class:`Recipe` defaults), for GPUs;
 #: * ``cpu``: the CPU recipe for the real data (``make demo`` trains it there):
 #:   ``vgg13_half`` at 48x48, per-image standardisation, whole-pixel shifts and flips only,
-#:   Nesterov momentum, cosine schedule, a moving average of the weights, bfloat16 steps where the
-#:   CPU has AVX-512 BF16; 40 epochs of about 105 s on 2 cores in float32 (about 70 minutes; see
+#:   Nesterov momentum, cosine schedule, a moving average of the weights, bfloat16 steps where they
+#:   are the faster; 40 epochs of about 105 s on 2 cores in float32 (about 70 minutes; see
 #:   the README's results table), 54 minutes in bfloat16 on a machine 1.2x slower in float32;
 #: * ``cpu_long``: ``cpu`` with 53 epochs and weight decay 1e-3, one validation pass an epoch: about
-#:   70 minutes on 2 cores in bfloat16, 90 or more in float32 (the README's ablation); the network of
+#:   70 minutes on 2 AMD cores in bfloat16, about 48 on 2 Intel cores with AMX, 90 or more in float32
+#:   (the README's ablation and "bfloat16 on the CPU"); the network of
 #:   ferlib's pretrained weights;
 #: * ``cpu_small``: the earlier CPU recipe, a quarter of the channels, in half the time
 #:   (about 53 s per epoch, 40 epochs in about 36 minutes) and about 2.5 points less accurate;
@@ -354,18 +356,19 @@ def build_net(model, model_kwargs, ctx, seed=0):
 def resolve_cpu_precision(cpu_precision, ctx):
     """``float32`` or ``bfloat16``: what a training step on the devices ``ctx`` computes in.
 
-    ``auto`` is bfloat16 on a CPU with AVX-512 BF16 (:func:`ferlib.utils.cpu_has_bfloat16`);
-    GPUs always step in float32 here (``amp`` is their float16)."""
+    ``auto`` is bfloat16 where its steps beat float32's (:func:`ferlib.cpu.bfloat16_is_fast`: AVX-512
+    BF16, with AMX switched on where the CPU has it); ``bfloat16`` needs AVX-512 BF16. GPUs always step
+    in float32 here (``amp`` is their float16)."""
     if cpu_precision not in utils.CPU_PRECISIONS:
         raise FERError(f"cpu_precision must be one of {', '.join(utils.CPU_PRECISIONS)}, got {cpu_precision!r}")
     if any(c.device_type != "cpu" for c in ctx) or cpu_precision == "float32":
         return "float32"
-    if utils.cpu_has_bfloat16():
-        return "bfloat16"
-    if cpu_precision == "bfloat16":
+    if cpu_precision == "auto":
+        return "bfloat16" if cpu.bfloat16_is_fast() else "float32"
+    if not cpu.cpu_has_bfloat16():
         raise FERError("cpu_precision bfloat16: this CPU has no AVX-512 BF16 instructions (avx512_bf16 in "
                        "/proc/cpuinfo), so bfloat16 would be slower than float32; use float32 or auto")
-    return "float32"
+    return "bfloat16"
 
 
 def bfloat16_view(net):
@@ -1272,8 +1275,9 @@ def add_commands(subparsers):
                    help="with --ema-decay, also validate the last weights every epoch (default: the recipe's)")
     p.add_argument("--input-size", type=int, default=None, help="network input side in pixels")
     p.add_argument("--cpu-precision", choices=utils.CPU_PRECISIONS, default=None,
-                   help="what training steps on the CPU compute in: float32, bfloat16 (AVX-512 BF16 CPUs, "
-                        "about 1.5x faster) or auto (bfloat16 where the CPU has it; default: the recipe's)")
+                   help="what training steps on the CPU compute in: float32, bfloat16 (AVX-512 BF16 CPUs: about 1.5x "
+                        "faster on AMD Zen 4, 2x with Intel's AMX) or auto (bfloat16 where it is the faster; "
+                        "default: the recipe's)")
     p.add_argument("--gpus", default=None,
                    help="GPU ids such as 0,1; 'cpu'; 'cpu:N' for N CPU contexts; default: all GPUs, else CPU")
     p.add_argument("--seed", type=int, default=0, help="random seed; CPU runs repeat exactly (default: %(default)s)")

@@ -4,25 +4,17 @@ import sys
 
 import mxnet as mx
 
-from . import cuda
+from . import cpu, cuda
 from .errors import FERError
+
+# oneDNN has read its ISA cap now; children must not inherit it (see ferlib.cpu).
+cpu.forget_amx_variable(mx)
 
 
 #: Where the CPU's training step computes: ``float32``; ``bfloat16`` (the convolutions and dense
-#: layers, with oneDNN's AVX-512 BF16 kernels); ``auto``: bfloat16 where the CPU has them.
+#: layers, with oneDNN's AVX-512 BF16 or AMX kernels); ``auto``: bfloat16 where it is the faster
+#: (:func:`ferlib.cpu.bfloat16_is_fast`).
 CPU_PRECISIONS = ("float32", "bfloat16", "auto")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
-    """Whether this CPU multiplies bfloat16 in hardware: the ``avx512_bf16`` flag (AMD Zen 4,
-    Intel Cooper Lake, Sapphire Rapids and newer). Without it oneDNN would emulate bfloat16,
-    more slowly than float32."""
-    try:
-        with open(cpuinfo, encoding="utf-8") as f:
-            return any(line.startswith("flags") and "avx512_bf16" in line.split() for line in f)
-    except OSError:  # not Linux
-        return False
 
 
 def num_gpus():

@@ -173,24 +173,32 @@ def test_a_run_with_label_smoothing_records_it_and_resumes_only_with_it(syntheti
     assert not (tmp_path / "refused").exists()
 
 
-needs_bfloat16 = pytest.mark.skipif(not ferlib.utils.cpu_has_bfloat16(),
+needs_bfloat16 = pytest.mark.skipif(not ferlib.cpu.cpu_has_bfloat16(),
                                     reason="this CPU has no AVX-512 BF16 instructions (avx512_bf16)")
+needs_amx = pytest.mark.skipif(not ferlib.cpu.cpu_has_amx(), reason="this CPU has no AMX tiles (amx_tile, amx_bf16)")
 
 
-def test_the_cpu_precision_is_bfloat16_only_where_the_cpu_multiplies_it(tmp_path, monkeypatch, synthetic_cache):
+def test_the_cpu_precision_is_bfloat16_only_where_its_steps_are_the_faster(tmp_path, monkeypatch, synthetic_cache):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
-    assert ferlib.utils.cpu_has_bfloat16.__wrapped__(str(cpuinfo)) is True
+    assert ferlib.cpu.cpu_has_bfloat16(str(cpuinfo)) and not ferlib.cpu.cpu_has_amx(str(cpuinfo))
+    assert ferlib.cpu.bfloat16_is_fast(str(cpuinfo))  # AMD Zen 4: AVX-512 BF16 and no AMX
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16x\nbugs\t: avx512_bf16\n")
-    assert ferlib.utils.cpu_has_bfloat16.__wrapped__(str(cpuinfo)) is False  # a flag, whole, on the flags line
-    assert ferlib.utils.cpu_has_bfloat16.__wrapped__(str(tmp_path / "missing")) is False  # not Linux
+    assert not ferlib.cpu.cpu_has_bfloat16(str(cpuinfo))  # a flag, whole, on the flags line
+    assert not ferlib.cpu.cpu_has_bfloat16(str(tmp_path / "missing"))  # not Linux
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    assert ferlib.cpu.cpu_has_amx(str(cpuinfo))
+    for enabled in (True, False):  # Intel with AMX: bfloat16 without AMX ran at 0.72x float32
+        monkeypatch.setattr(ferlib.cpu, "_amx_enabled", enabled)
+        assert ferlib.cpu.bfloat16_is_fast(str(cpuinfo)) is enabled
     cpu, gpu = [mx.cpu()], [mx.gpu(0)]
-    for has in (True, False):
-        monkeypatch.setattr(ferlib.utils, "cpu_has_bfloat16", lambda has=has: has)
-        assert fer_train.resolve_cpu_precision("auto", cpu) == ("bfloat16" if has else "float32")
+    for fast in (True, False):
+        monkeypatch.setattr(ferlib.cpu, "bfloat16_is_fast", lambda fast=fast: fast)
+        assert fer_train.resolve_cpu_precision("auto", cpu) == ("bfloat16" if fast else "float32")
         assert fer_train.resolve_cpu_precision("float32", cpu) == "float32"
         assert fer_train.resolve_cpu_precision("auto", gpu) == fer_train.resolve_cpu_precision("bfloat16", gpu) \
             == "float32"  # GPUs: amp is their float16
+    monkeypatch.setattr(ferlib.cpu, "cpu_has_bfloat16", lambda: False)
     with pytest.raises(FERError, match="no AVX-512 BF16 instructions.*use float32 or auto"):
         fer_train.resolve_cpu_precision("bfloat16", cpu)
     with pytest.raises(FERError, match="no AVX-512 BF16"):  # before anything is written
@@ -199,6 +207,46 @@ def test_the_cpu_precision_is_bfloat16_only_where_the_cpu_multiplies_it(tmp_path
     with pytest.raises(FERError, match="cpu_precision must be one of float32, bfloat16, auto, got 'half'"):
         fer_train.resolve_cpu_precision("half", cpu)
     assert fer_train.RECIPES["cpu"].cpu_precision == "auto" and fer_train.RECIPES["paper"].cpu_precision == "float32"
+
+
+_BFLOAT16_STEP = """
+import os, ferlib, ferlib.utils
+from ferlib import train
+import mxnet as mx
+print("cap after import:", os.environ.get("DNNL_MAX_CPU_ISA"), "| amx enabled:", ferlib.cpu.amx_enabled())
+net = train.build_net("vgg13", {"width": 0.125, "batch_norm": True, "input_size": 32}, [mx.cpu()], seed=0)
+step_net = train.bfloat16_view(net)
+with mx.autograd.record():
+    loss = step_net(mx.nd.ones((4, 1, 32, 32))).sum()
+loss.backward()
+mx.nd.waitall()
+print("step done")
+"""
+
+
+@needs_amx
+@pytest.mark.parametrize("user_cap", [None, "AVX512_CORE_BF16"])
+def test_ferlib_switches_on_amx_for_bfloat16_steps_and_children_do_not_inherit_the_cap(tmp_path, user_cap):
+    """oneDNN 2.4 runs AMX kernels only when asked, and only after Linux granted the tiles (else SIGILL);
+    a cap the user set stands."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ferlib.cpu.ONEDNN_ISA_VARIABLES}
+    env.update({"DNNL_VERBOSE": "1", "OMP_NUM_THREADS": "1"}, **({"DNNL_MAX_CPU_ISA": user_cap} if user_cap else {}))
+    done = subprocess.run([sys.executable, "-c", _BFLOAT16_STEP], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "step done" in lines
+    kernels = [line for line in lines if line.startswith("dnnl_verbose,exec,cpu,convolution")]
+    assert any("bf16" in line for line in kernels)  # the step computed in bfloat16 ...
+    if user_cap is None:
+        assert "cap after import: None | amx enabled: True" in lines  # ... the cap gone from the environment
+        assert any("amx" in line for line in kernels)  # ... on AMX
+    else:
+        assert f"cap after import: {user_cap} | amx enabled: False" in lines  # so auto stays float32
+        assert not any("amx" in line for line in kernels)
 
 
 @needs_bfloat16
@@ -249,7 +297,7 @@ def test_a_bfloat16_step_moves_the_float32_weights_as_a_float32_step_would():
     assert exact_after < loss_before and low_after == pytest.approx(exact_after, rel=0.01)
 
 
-@needs_bfloat16
+@pytest.mark.skipif(not ferlib.cpu.bfloat16_is_fast(), reason="bfloat16 steps are not the faster on this CPU")
 def test_a_bfloat16_run_records_it_and_exports_a_float32_network(synthetic_cache, tmp_path, capsys):
     result = fer_train.train(synthetic_cache, tmp_path / "run", cpu_precision="auto", num_epochs=1,
                              **{**TINY, "progress": True})

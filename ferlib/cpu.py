@@ -1,0 +1,111 @@
+"""What this CPU offers MXNet's oneDNN kernels: AVX-512 BF16, and Intel's AMX tiles switched on.
+
+MXNet 1.9.1 carries oneDNN 2.4, which has AMX kernels for bfloat16 convolutions (Intel Sapphire
+Rapids and newer) but leaves them off: it uses them only when ``DNNL_MAX_CPU_ISA`` names AMX, and
+then it executes AMX instructions without asking Linux for the tile registers, which kills the
+process with SIGILL. :func:`enable_amx` does both halves, before ``import mxnet``, from
+``ferlib/__init__.py``; :func:`forget_amx_variable` removes the variable again once oneDNN has
+read it, because a child process loses the permission at ``execve`` but would inherit the
+variable. This module imports no MXNet.
+"""
+import ctypes
+import os
+import platform
+import sys
+
+#: oneDNN's names for its ISA cap (the first is read first); ferlib sets the second.
+ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+AMX_ISA = "AVX512_CORE_AMX"
+# Linux x86-64: arch_prctl's syscall number, its "request extended state permission" code, and
+# the AMX tile data's state component (arch/x86/include/uapi/asm/prctl.h, asm/fpu/types.h).
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+_amx_enabled = False
+_variable_set_by_ferlib = False
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The flags of the first ``flags`` line of ``/proc/cpuinfo``, as a frozenset (empty off Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU multiplies bfloat16 in hardware: the ``avx512_bf16`` flag (AMD Zen 4,
+    Intel Cooper Lake, Sapphire Rapids and newer). Without it oneDNN would emulate bfloat16,
+    more slowly than float32."""
+    return "avx512_bf16" in cpu_flags(cpuinfo)
+
+
+def cpu_has_amx(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU has AMX tiles with bfloat16 (``amx_tile`` and ``amx_bf16``: Intel Sapphire Rapids
+    and newer)."""
+    return {"amx_tile", "amx_bf16"} <= cpu_flags(cpuinfo)
+
+
+def amx_enabled():
+    """Whether :func:`enable_amx` switched AMX on for oneDNN in this process."""
+    return _amx_enabled
+
+
+def bfloat16_is_fast(cpuinfo="/proc/cpuinfo"):
+    """Whether bfloat16 training steps beat float32 here: AVX-512 BF16, and AMX on where the CPU has it.
+
+    On an Intel CPU with AMX, oneDNN 2.4 without AMX runs the bfloat16 step at 0.72x float32's speed,
+    with AMX at 2.15x (``bench/bench_train_loop.py``, README "bfloat16 on the CPU"); AMD Zen 4 has no
+    AMX, and its AVX-512 BF16 kernels run at 1.5x."""
+    if not cpu_has_bfloat16(cpuinfo):
+        return False
+    return amx_enabled() or not cpu_has_amx(cpuinfo)
+
+
+def _request_amx_permission():
+    """Ask Linux (5.16 or newer) for this process's use of the AMX tile registers; whether it agreed."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def enable_amx(cpuinfo="/proc/cpuinfo"):
+    """Let oneDNN use AMX for bfloat16 in this process, where the CPU has it; whether it now may.
+
+    Must run before MXNet's first oneDNN kernel, which reads the ISA cap once. A cap the user set
+    stands (the permission is asked for all the same); AMX counts as on only if that cap allows it.
+    """
+    global _amx_enabled, _variable_set_by_ferlib
+    if _amx_enabled:
+        return True
+    if sys.platform != "linux" or platform.machine() != "x86_64" or not cpu_has_amx(cpuinfo):
+        return False
+    if not _request_amx_permission():
+        return False
+    user_cap = next((os.environ[name] for name in ONEDNN_ISA_VARIABLES if os.environ.get(name)), None)
+    if user_cap is None:
+        os.environ["DNNL_MAX_CPU_ISA"] = AMX_ISA
+        _variable_set_by_ferlib = True
+    _amx_enabled = user_cap is None or user_cap.upper() in (AMX_ISA, "ALL")
+    return _amx_enabled
+
+
+def forget_amx_variable(mx):
+    """Run one oneDNN kernel, so that oneDNN reads its ISA cap now, then remove the cap ferlib set.
+
+    Child processes (a notebook kernel, a model-server worker) lose the AMX permission at ``execve``;
+    one that imported MXNet without ferlib would otherwise inherit the cap and die of SIGILL.
+    ``mx`` is the imported ``mxnet`` module.
+    """
+    global _variable_set_by_ferlib
+    if not _variable_set_by_ferlib:
+        return
+    one = mx.nd.ones((1, 1, 1, 1), ctx=mx.cpu())
+    mx.nd.Convolution(one, one, kernel=(1, 1), num_filter=1, no_bias=True).wait_to_read()
+    os.environ.pop("DNNL_MAX_CPU_ISA", None)
+    _variable_set_by_ferlib = False
