@@ -170,7 +170,7 @@ _CPU = Recipe(model="vgg13_half", input_size=48, batch_size=64, lr=0.05, optimiz
 #:   are the faster; 40 epochs of about 105 s on 2 cores in float32 (about 70 minutes; see
 #:   the README's results table), 54 minutes in bfloat16 on a machine 1.2x slower in float32;
 #: * ``cpu_long``: ``cpu`` with 53 epochs and weight decay 1e-3, one validation pass an epoch: about
-#:   70 minutes on 2 AMD cores in bfloat16, about 48 on 2 Intel cores with AMX, 90 or more in float32
+#:   70 minutes on 2 AMD cores in bfloat16, 48 on 2 Intel cores with AMX, 90 or more in float32
 #:   (the README's ablation and "bfloat16 on the CPU"); the network of
 #:   ferlib's pretrained weights;
 #: * ``cpu_small``: the earlier CPU recipe, a quarter of the channels, in half the time
