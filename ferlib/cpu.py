@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 
-#: oneDNN's names for its ISA cap (the first is read first); ferlib sets the second.
+#: oneDNN's names for its ISA cap, either of which a user may set; ferlib sets the second.
 ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 AMX_ISA = "AVX512_CORE_AMX"
 # Linux x86-64: arch_prctl's syscall number, its "request extended state permission" code, and
