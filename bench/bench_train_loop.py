@@ -7,9 +7,10 @@ nothing else, in float32. Each following row adds one part of what ``ferlib.trai
 batch, up to the whole ``_train_epoch`` over the real input pipeline; on a CPU with AVX-512 BF16,
 two more rows run the bare step and the whole epoch through ``bfloat16_view`` (the ``cpu`` recipe's
 ``cpu_precision="auto"``), with Intel's AMX where ``import ferlib`` switched it on (the header says);
-``DNNL_MAX_CPU_ISA=AVX512_CORE_BF16`` in the environment keeps AMX off, for the figures without it. The last rows time one validation pass, which a run with a weight average
-makes twice per epoch when it also validates the last weights. Run it on an idle machine: the ratios are what it is for. Faces are the cache
-given with ``--data``, else the built-in synthetic ones.
+``DNNL_MAX_CPU_ISA=AVX512_CORE_BF16`` in the environment keeps AMX off, for the figures without it.
+The last rows time one validation pass, which a run with a weight average makes twice per epoch
+when it also validates the last weights. Run it on an idle machine: the ratios are what it is for.
+Faces are the cache given with ``--data``, else the built-in synthetic ones.
 """
 import argparse
 import os
@@ -26,7 +27,7 @@ import ferlib  # noqa: E402  (the numpy names MXNet needs, before mxnet)
 import mxnet as mx  # noqa: E402
 from mxnet import autograd  # noqa: E402
 
-from ferlib import data, losses, predict, synth, train, utils  # noqa: E402
+from ferlib import data, losses, predict, synth, train  # noqa: E402
 
 
 def synthetic_cache(folder, n):

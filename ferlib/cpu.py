@@ -57,8 +57,8 @@ def amx_enabled():
 def bfloat16_is_fast(cpuinfo="/proc/cpuinfo"):
     """Whether bfloat16 training steps beat float32 here: AVX-512 BF16, and AMX on where the CPU has it.
 
-    On an Intel CPU with AMX, oneDNN 2.4 without AMX runs the bfloat16 step at 0.72x float32's speed,
-    with AMX at 2.15x (``bench/bench_train_loop.py``, README "bfloat16 on the CPU"); AMD Zen 4 has no
+    On an Intel CPU with AMX, oneDNN 2.4 without AMX runs the bfloat16 step at 0.68x float32's speed,
+    with AMX at 1.96x (``bench/bench_train_loop.py``, README "bfloat16 on the CPU"); AMD Zen 4 has no
     AMX, and its AVX-512 BF16 kernels run at 1.5x."""
     if not cpu_has_bfloat16(cpuinfo):
         return False
