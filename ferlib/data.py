@@ -468,6 +468,9 @@ class FERPlusDataset(gluon.data.Dataset):
         Seed of the augmentation and of the probability-mode label draw.
     normalization : str
         Intensity normalisation (:func:`ferlib.transforms.normalize`).
+    target_power : float
+        The crowd distributions raised to this power and renormalised (:func:`ferlib.labels.sharpen`):
+        1 as voted, above 1 sharper. Only the probability and crossentropy schemes have distributions.
 
     Notes
     -----
@@ -480,14 +483,16 @@ class FERPlusDataset(gluon.data.Dataset):
     repeatable and the same in loader worker processes.
     """
 
-    def __init__(self, data, split, mode, augment=None, size=INPUT_SIZE, seed=0, normalization=DEFAULT_NORMALIZATION):
+    def __init__(self, data, split, mode, augment=None, size=INPUT_SIZE, seed=0, normalization=DEFAULT_NORMALIZATION,
+                 target_power=1.0):
+        target_power = fer_labels.check_target_power(target_power, mode)
         if not isinstance(data, FERPlusData):
             data = load_cache(data)
         self.split, self.mode = check_split(split), fer_labels.check_mode(mode)
         rows = data.split_indices(split)
         targets, keep = fer_labels.make_targets(data.votes[rows], mode)
         self.rows = rows[keep]
-        self.targets = targets[keep]
+        self.targets = targets[keep] if target_power == 1 else fer_labels.sharpen(targets[keep], target_power)
         self.images = data.images[self.rows]
         self.boxes = data.boxes[self.rows]
         if isinstance(augment, Augmentation):

@@ -107,6 +107,10 @@ class Recipe:
     label_smoothing
         0: the loss's targets as they are. Else each target ``t`` becomes ``(1 - s) t + s / 8``
         (:class:`ferlib.losses.SoftTargetCrossEntropyLoss`; not with the multi-target loss).
+    target_power
+        1: the training targets as the crowd voted. Else each training distribution raised to this
+        power and renormalised (:func:`ferlib.labels.sharpen`; probability and crossentropy only):
+        above 1 sharper, towards the majority vote that validation and test count.
     no_wd
         True: no weight decay on BatchNorm's scale and shift and on biases, only on the weights of the
         convolutions and dense layers (gluon-cv's ``--no-wd``; He et al. 2019, "Bag of Tricks").
@@ -140,6 +144,7 @@ class Recipe:
     ema_decay: float = 0.0
     sam_rho: float = 0.0
     label_smoothing: float = 0.0
+    target_power: float = 1.0
     validate_last_weights: bool = True
     augmentation: dict = dataclasses.field(default_factory=dict)
     normalization: str = DEFAULT_NORMALIZATION
@@ -206,7 +211,7 @@ _STAGED_CHECKPOINT = re.compile(r"checkpoint-\d+\.(params|states)")
 #: Settings that must not change when a run is resumed (num_epochs may grow).
 RESUME_KEYS = ("model", "model_kwargs", "mode", "input_size", "batch_size", "lr", "schedule", "warmup_epochs",
                "lr_steps", "wd", "no_wd", "momentum", "optimizer", "ema_decay", "sam_rho", "label_smoothing",
-               "augmentation", "normalization", "seed")
+               "target_power", "augmentation", "normalization", "seed")
 
 
 # --------------------------------------------------------------------------- devices and kvstore
@@ -891,7 +896,7 @@ def _check_resumed_settings(run_dir, config):
         raise FERError(f"{run_dir / run.CONFIG} is missing: cannot check the settings of the run to resume")
     old = json.loads((run_dir / run.CONFIG).read_text(encoding="utf-8"))
     old["normalization"] = normalization_of(old)  # runs from before the setting: the FER+ one
-    for name in ("sam_rho", "label_smoothing", "no_wd"):  # runs from before these settings had the default
+    for name in ("sam_rho", "label_smoothing", "target_power", "no_wd"):  # runs from before these settings had the default
         old.setdefault(name, getattr(Recipe, name))
     changed = [k for k in RESUME_KEYS if old.get(k) != config[k]]
     if changed:
@@ -969,6 +974,7 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
     fer_labels.check_mode(mode)
     fer_data.check_mixup(_augmentation(recipe), mode)
     loss_fn = fer_losses.get_loss(mode, smoothing=recipe.label_smoothing)  # a mode it does not apply to fails here
+    fer_labels.check_target_power(recipe.target_power, mode)  # so does this
     if amp and recipe.sam_rho:
         raise FERError("sharpness-aware minimisation (sam_rho) is not supported with amp: float16 gradients "
                        "that overflow would move the weights to NaN; drop --amp or --sam-rho")
@@ -1093,7 +1099,7 @@ def _run_config(recipe, mode, seed, ctx, data_name, kv, num_machines, precision=
         "lr": recipe.lr, "schedule": recipe.schedule, "warmup_epochs": recipe.warmup_epochs,
         "lr_steps": list(recipe.lr_steps), "wd": recipe.wd, "no_wd": recipe.no_wd, "momentum": recipe.momentum,
         "optimizer": recipe.optimizer, "ema_decay": recipe.ema_decay, "sam_rho": recipe.sam_rho,
-        "label_smoothing": recipe.label_smoothing, "augmentation": dict(recipe.augmentation),
+        "label_smoothing": recipe.label_smoothing, "target_power": recipe.target_power, "augmentation": dict(recipe.augmentation),
         "normalization": recipe.normalization, "cpu_precision": precision, "seed": seed,
         "devices": [str(c) for c in ctx], "data": data_name,
         "kvstore": kv.type if isinstance(kv, mx.kv.KVStore) else kv, "workers": num_machines,
@@ -1113,7 +1119,8 @@ def _augmentation(recipe):
 def _training_data(data, recipe, mode, seed, rank, num_machines):
     """This machine's share of the training set, and the validation faces with a majority label."""
     train_set = fer_data.FERPlusDataset(data, "train", mode, augment=_augmentation(recipe), size=recipe.input_size,
-                                        seed=seed, normalization=recipe.normalization)
+                                        seed=seed, normalization=recipe.normalization,
+                                        target_power=recipe.target_power)
     if len(train_set) < recipe.batch_size * num_machines:
         raise FERError(f"the training split has {len(train_set)} faces in mode {mode!r}, fewer than one batch "
                        f"of {recipe.batch_size}" + (f" per worker ({num_machines})" if num_machines > 1 else ""))
@@ -1271,6 +1278,9 @@ def add_commands(subparsers):
                    help="no weight decay on BatchNorm's gamma and beta and on biases (default: the recipe's)")
     p.add_argument("--label-smoothing", type=float, default=None,
                    help="train towards (1 - S) t + S / 8 instead of each target t (e.g. 0.1; 0: off)")
+    p.add_argument("--target-power", type=float, default=None,
+                   help="train towards each crowd distribution raised to this power and renormalised "
+                        "(e.g. 2: sharper; 1: as voted; probability and crossentropy only)")
     p.add_argument("--validate-last-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="with --ema-decay, also validate the last weights every epoch (default: the recipe's)")
     p.add_argument("--input-size", type=int, default=None, help="network input side in pixels")
@@ -1297,7 +1307,8 @@ def recipe_from_args(args):
         ("model", args.model), ("num_epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
         ("schedule", args.schedule), ("warmup_epochs", args.warmup_epochs), ("wd", args.wd), ("no_wd", args.no_wd),
         ("momentum", args.momentum), ("optimizer", args.optimizer), ("ema_decay", args.ema_decay),
-        ("sam_rho", args.sam_rho), ("label_smoothing", args.label_smoothing), ("input_size", args.input_size),
+        ("sam_rho", args.sam_rho), ("label_smoothing", args.label_smoothing),
+        ("target_power", args.target_power), ("input_size", args.input_size),
         ("normalization", args.normalization),
         ("validate_last_weights", args.validate_last_weights), ("cpu_precision", args.cpu_precision))
         if value is not None}

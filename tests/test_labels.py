@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ferlib import EMOTIONS, MODES, FERError
-from ferlib.labels import make_targets, multi_target_mask, sample_onehot, training_targets
+from ferlib.labels import check_target_power, make_targets, multi_target_mask, sample_onehot, sharpen, training_targets
 
 N, H, SU, SA, AN, DI, FE, CO, UN, NF = range(10)
 
@@ -181,6 +181,33 @@ def test_training_targets_forms():
     with pytest.raises(FERError, match="rng"):
         training_targets(t, "probability")
     assert np.array_equal(training_targets(t, "crossentropy"), t)
+
+
+def test_sharpening_moves_each_distribution_towards_its_majority_and_keeps_it_a_distribution(real_or_random_votes):
+    t, keep = make_targets(real_or_random_votes, "crossentropy")
+    sharp, flat = sharpen(t, 2), sharpen(t, 0.5)
+    assert sharp.dtype == np.float32 and sharp.shape == t.shape
+    np.testing.assert_allclose(sharp[keep].sum(axis=1), 1.0, rtol=1e-6)
+    assert (sharp[~keep] == 0).all()  # dropped rows stay empty, no division by zero
+    assert (sharp.argmax(axis=1) == t.argmax(axis=1)).all()  # the same strongest class
+    assert (sharp[keep].max(axis=1) >= t[keep].max(axis=1) - 1e-6).all()
+    assert (flat[keep].max(axis=1) <= t[keep].max(axis=1) + 1e-6).all()
+    assert sharp[keep].max(axis=1).mean() > t[keep].max(axis=1).mean()  # some rows really change
+    np.testing.assert_allclose(sharpen([[0.6, 0.4, 0, 0, 0, 0, 0, 0]], 2)[0, :2], [0.36 / 0.52, 0.16 / 0.52], rtol=1e-6)
+    np.testing.assert_allclose(sharpen(t, 1), t, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "2", True, float("inf"), None])
+def test_a_target_power_that_is_not_a_positive_number_is_refused(bad):
+    with pytest.raises(FERError, match="target power must be a number above 0"):
+        check_target_power(bad)
+
+
+@pytest.mark.parametrize("mode", ["majority", "multi_target"])
+def test_a_target_power_is_refused_for_schemes_without_distributions(mode):
+    assert check_target_power(1, mode) == 1.0
+    with pytest.raises(FERError, match=f"does not apply to the {mode} scheme"):
+        check_target_power(2, mode)
 
 
 # The FER+ splits and per-class counts of the reference rules on the real

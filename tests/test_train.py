@@ -176,6 +176,20 @@ def test_a_run_with_label_smoothing_records_it_and_resumes_only_with_it(syntheti
     assert not (tmp_path / "refused").exists()
 
 
+def test_a_run_with_a_target_power_trains_on_sharper_targets_records_it_and_resumes_only_with_it(synthetic_cache,
+                                                                                               tmp_path):
+    settings = dict(mode="crossentropy", num_epochs=1, seed=2, **TINY)
+    sharp = fer_train.train(synthetic_cache, tmp_path / "sharp", target_power=2, **settings)
+    plain = fer_train.train(synthetic_cache, tmp_path / "plain", **settings)
+    assert json.loads((tmp_path / "sharp" / "config.json").read_text())["target_power"] == 2
+    assert sharp["history"][0]["loss"] != plain["history"][0]["loss"]  # other targets from the first batch
+    with pytest.raises(FERError, match="cannot resume .* target_power 2 -> 1.0"):
+        fer_train.train(synthetic_cache, tmp_path / "sharp", resume=True, **{**settings, "num_epochs": 2})
+    with pytest.raises(FERError, match="does not apply to the majority scheme"):
+        fer_train.train(synthetic_cache, tmp_path / "refused", target_power=2, **{**settings, "mode": "majority"})
+    assert not (tmp_path / "refused").exists()
+
+
 needs_bfloat16 = pytest.mark.skipif(not ferlib.cpu.cpu_has_bfloat16(),
                                     reason="this CPU has no AVX-512 BF16 instructions (avx512_bf16)")
 needs_amx = pytest.mark.skipif(not ferlib.cpu.cpu_has_amx(), reason="this CPU has no AMX tiles (amx_tile, amx_bf16)")
@@ -652,6 +666,7 @@ def test_the_command_line_changes_only_the_settings_it_is_given():
     assert recipe("--recipe", "cpu", "--sam-rho", "0.05").sam_rho == 0.05 and fer_train.RECIPES["cpu"].sam_rho == 0
     assert recipe("--recipe", "cpu_long", "--label-smoothing", "0.1").label_smoothing == 0.1
     assert fer_train.RECIPES["cpu_long"].label_smoothing == 0
+    assert recipe("--recipe", "cpu_long", "--target-power", "2").target_power == 2.0
     assert recipe("--recipe", "cpu_long", "--no-wd").no_wd is True and recipe("--recipe", "cpu_long").no_wd is False
     assert recipe("--recipe", "cpu", "--cpu-precision", "float32").cpu_precision == "float32"
     # The README's cpu_long runs were started as the cpu recipe with these three changes.
