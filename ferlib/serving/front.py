@@ -241,17 +241,20 @@ def serve(model_store, mar="fer.mar", name="fer", batch_size=None, max_batch_del
                         initial_workers=workers)
         with FrontDoor(server.inference_url, host, port, max_body, read_timeout) as front:
             batching = "requests one at a time" if batch_size == 1 else f"batches of up to {batch_size}"
-            print(f"serving {mar} as {front.url}/predictions/{name} ({batching}, "
-                  f"{workers} worker{'s' * (workers != 1)}); Ctrl-C stops", flush=True)
-            run_until_stopped(front.url, ready, stop)
+            run_until_stopped(front.url, ready, stop, f"serving {mar} as {front.url}/predictions/{name} ({batching}, "
+                              f"{workers} worker{'s' * (workers != 1)}); Ctrl-C stops")
     print("stopped", flush=True)
 
 
-def run_until_stopped(url, ready=None, stop=None):
-    """Call ``ready(url)``, then wait until ``stop`` (a :class:`threading.Event`) is set or Ctrl-C."""
-    if ready:
-        ready(url)
+def run_until_stopped(url, ready=None, stop=None, message=""):
+    """Print ``message``, call ``ready(url)``, then wait until ``stop`` (a :class:`threading.Event`) is set
+    or Ctrl-C. The message is printed inside the wait's Ctrl-C handling: a user (or a test) who reacts to it
+    at once must not meet the moment before the wait begins."""
     try:
+        if message:
+            print(message, flush=True)
+        if ready:
+            ready(url)
         (stop or threading.Event()).wait()
     except KeyboardInterrupt:
         pass

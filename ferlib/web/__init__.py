@@ -96,13 +96,13 @@ def serve_web(url=DEFAULT_URL, model=DEFAULT_MODEL, host=DEFAULT_HOST, port=DEFA
     """``python -m ferlib web``: serve the page until ``stop`` (a :class:`threading.Event`) is set or Ctrl-C."""
     with web_door(url, model, host, port, verbose=verbose) as door:
         shown = door.url.replace("://0.0.0.0:", "://127.0.0.1:")
-        print(f"the web page: open {shown}/ (it asks the model server at {url} about model {model!r}); "
-              "Ctrl-C stops", flush=True)
+        message = (f"the web page: open {shown}/ (it asks the model server at {url} about model {model!r}); "
+                   "Ctrl-C stops")
         if not is_loopback(host):
-            print(f"warning: answering other machines on {host}: anyone who reaches this port can send images "
-                  "to the model (the model server's management API stays out of reach). Browsers give "
-                  "the webcam only to https pages or to this machine's own address.", flush=True)
-        run_until_stopped(door.url, ready, stop)
+            message += (f"\nwarning: answering other machines on {host}: anyone who reaches this port can send images "
+                        "to the model (the model server's management API stays out of reach). Browsers give "
+                        "the webcam only to https pages or to this machine's own address.")
+        run_until_stopped(door.url, ready, stop, message)
     print("stopped", flush=True)
 
 
