@@ -896,7 +896,8 @@ def _check_resumed_settings(run_dir, config):
         raise FERError(f"{run_dir / run.CONFIG} is missing: cannot check the settings of the run to resume")
     old = json.loads((run_dir / run.CONFIG).read_text(encoding="utf-8"))
     old["normalization"] = normalization_of(old)  # runs from before the setting: the FER+ one
-    for name in ("sam_rho", "label_smoothing", "target_power", "no_wd"):  # runs from before these settings had the default
+    # Runs from before these settings: the default.
+    for name in ("sam_rho", "label_smoothing", "target_power", "no_wd"):
         old.setdefault(name, getattr(Recipe, name))
     changed = [k for k in RESUME_KEYS if old.get(k) != config[k]]
     if changed:
@@ -1099,7 +1100,8 @@ def _run_config(recipe, mode, seed, ctx, data_name, kv, num_machines, precision=
         "lr": recipe.lr, "schedule": recipe.schedule, "warmup_epochs": recipe.warmup_epochs,
         "lr_steps": list(recipe.lr_steps), "wd": recipe.wd, "no_wd": recipe.no_wd, "momentum": recipe.momentum,
         "optimizer": recipe.optimizer, "ema_decay": recipe.ema_decay, "sam_rho": recipe.sam_rho,
-        "label_smoothing": recipe.label_smoothing, "target_power": recipe.target_power, "augmentation": dict(recipe.augmentation),
+        "label_smoothing": recipe.label_smoothing, "target_power": recipe.target_power,
+        "augmentation": dict(recipe.augmentation),
         "normalization": recipe.normalization, "cpu_precision": precision, "seed": seed,
         "devices": [str(c) for c in ctx], "data": data_name,
         "kvstore": kv.type if isinstance(kv, mx.kv.KVStore) else kv, "workers": num_machines,
