@@ -141,7 +141,7 @@ def run_demo(data_dir="data", out_dir="build/demo", synthetic_faces=4000, seed=0
     print(f"\n== packaging {run_dir} into {model_store}/fer.mar and serving it")
     serve_demo(run_dir, model_store, photos={str(photo): photo} if photo else None, draw_dir=out_dir)
     if not is_real:
-        print(f"\n== the pretrained network (ferlib's cpu_long recipe, trained on the real FER+ data) on real photos "
+        print(f"\n== the pretrained network (ferlib's own, trained on the real FER+ data) on real photos "
               f"({', '.join(f'{name} from {package}' for name, package in SAMPLE_PHOTOS.items())}), "
               f"served from {model_store}/fer.mar")
         serve_demo(run.PRETRAINED, model_store, photos=sample_photos(), draw_dir=out_dir)

@@ -124,6 +124,12 @@ class VGG13(_FaceNet):
         Channels of each convolution, block by block, before ``width`` scales
         them; each block ends with the pooling. ``vgg13_half_wide`` doubles the
         last block (512 before scaling, as in Simonyan and Zisserman's VGG13).
+    antialiased_blocks : int, default 0
+        How many of the last blocks end with an anti-aliased pooling (Zhang
+        2019, "Making convolutional networks shift-invariant again"): a 2x2 max
+        pooling of stride 1, then a 3x3 average of stride 2 (a box blur where
+        the paper blurs with binomial filters); same map sizes, no parameters.
+        The ``cpu_long_aa`` recipe uses 2 (README, ablation).
 
     Inputs
     ------
@@ -137,7 +143,8 @@ class VGG13(_FaceNet):
     #: Channels of the four convolution blocks.
     CONV_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (256, 256, 256))
     def __init__(self, classes=NUM_CLASSES, batch_norm=False, width=1.0, input_size=INPUT_SIZE,
-                 conv_dropout=0.25, dense_dropout=0.5, dense_units=DENSE_UNITS, conv_blocks=None, **kwargs):
+                 conv_dropout=0.25, dense_dropout=0.5, dense_units=DENSE_UNITS, conv_blocks=None,
+                 antialiased_blocks=0, **kwargs):
         super().__init__(**kwargs)
         scaled = _channel_scaler(width)
         _check_rate("conv_dropout", conv_dropout)
@@ -147,6 +154,9 @@ class VGG13(_FaceNet):
         conv_blocks = self.CONV_BLOCKS if conv_blocks is None else conv_blocks
         if not (conv_blocks and all(block and all(_is_whole(c) for c in block) for block in conv_blocks)):
             raise FERError(f"conv_blocks must be blocks of positive whole numbers, got {conv_blocks!r}")
+        if not (_is_whole(antialiased_blocks, at_least=0) and antialiased_blocks <= len(conv_blocks)):
+            raise FERError(f"antialiased_blocks must be a whole number from 0 to {len(conv_blocks)} "
+                           f"(the number of blocks), got {antialiased_blocks!r}")
         self.classes = _check_classes(classes)
         self.input_size = _check_input_size(input_size)
         self.batch_norm = bool(batch_norm)
@@ -155,14 +165,20 @@ class VGG13(_FaceNet):
         with self.name_scope():
             self.features = nn.HybridSequential(prefix="features_")
             with self.features.name_scope():
-                for block in conv_blocks:
+                for index, block in enumerate(conv_blocks):
                     for channels in block:
                         self.features.add(nn.Conv2D(scaled(channels), kernel_size=3, padding=1,
                                                     use_bias=not batch_norm, weight_initializer=glorot))
                         if batch_norm:
                             self.features.add(nn.BatchNorm())
                         self.features.add(nn.Activation("relu"))
-                    self.features.add(nn.MaxPool2D(pool_size=2, strides=2))
+                    if index >= len(conv_blocks) - antialiased_blocks:
+                        # A plain AvgPool2D, not a fixed depthwise convolution: in bfloat16 the latter
+                        # fails in oneDNN's reorder after the weight average is swapped in (MXNet 1.9.1).
+                        self.features.add(nn.MaxPool2D(pool_size=2, strides=1),
+                                          nn.AvgPool2D(pool_size=3, strides=2, padding=1, count_include_pad=False))
+                    else:
+                        self.features.add(nn.MaxPool2D(pool_size=2, strides=2))
                     if conv_dropout:
                         self.features.add(nn.Dropout(conv_dropout))
             self.classifier = nn.HybridSequential(prefix="classifier_")
@@ -497,7 +513,8 @@ def get_model(name, **kwargs):
         * ``vgg13_half`` -- BatchNorm, half the channels, no dropout after the
           convolutions and one hidden dense layer of 256: the CPU recipe's
           network (140 M multiply-adds per 48x48 face); ``pretrained=True``
-          gives it with the FER+ weights that ship with ferlib (it takes faces
+          gives it with the FER+ weights that ship with ferlib, built as they were
+          trained (with anti-aliased pooling in its last two blocks; it takes faces
           prepared with ``preprocess(faces, size=48, normalization=net.normalization)``);
         * ``vgg13_half_wide`` -- ``vgg13_half`` with 256 channels in the last
           block instead of 128 (VGG's doubling; 37 M more multiply-adds at 48x48,

@@ -14,8 +14,8 @@ A training run folder (``python -m ferlib train --out RUN``) holds::
 A model archive (``.mar``) holds the exported network, ``labels.json`` and ``serving.json``.
 
 One run folder ships inside ferlib: the name ``pretrained`` (:data:`PRETRAINED`), given wherever a
-run folder is accepted, means it (:func:`locate`). It holds the exported network of the ``cpu_long``
-recipe trained on the real FER+ data, its settings, history and test evaluation, and ``SHA256SUMS``, which
+run folder is accepted, means it (:func:`locate`). It holds the exported network that the README's
+results table marks as shipped, trained on the real FER+ data, its settings, history and test evaluation, and ``SHA256SUMS``, which
 is checked before it is used.
 
 Standard library only (MXNet is imported when a network is loaded): the model archive carries

@@ -104,6 +104,61 @@ def test_vgg13_half_wide_doubles_only_the_last_block():
             get_model("vgg13", conv_blocks=bad)
 
 
+def antialiased_pool_reference(x):
+    """Zhang's anti-aliased pooling in numpy: a 2x2 max of stride 1, then a 3x3 mean of stride 2 over the
+    map padded by 1, the padding left out of the mean."""
+    peaks = np.maximum.reduce([x[:-1, :-1], x[1:, :-1], x[:-1, 1:], x[1:, 1:]])
+    rows, cols = (peaks.shape[0] - 1) // 2 + 1, (peaks.shape[1] - 1) // 2 + 1
+    return np.array([[peaks[max(0, 2 * i - 1):2 * i + 2, max(0, 2 * j - 1):2 * j + 2].mean() for j in range(cols)]
+                     for i in range(rows)])
+
+
+def largest_change_under_a_one_pixel_shift(pool, size=12):
+    """The largest L1 change of ``pool``'s output when a single bright pixel moves one pixel right."""
+    changes = []
+    for col in range(1, size - 2):
+        before, after = np.zeros((1, 1, size, size)), np.zeros((1, 1, size, size))
+        before[0, 0, 5, col], after[0, 0, 5, col + 1] = 1, 1
+        changes.append(np.abs(pool(mx.nd.array(before)).asnumpy() - pool(mx.nd.array(after)).asnumpy()).sum())
+    return max(changes)
+
+
+def test_antialiased_blocks_blur_the_last_poolings_and_keep_the_network(tmp_path):
+    plain = get_model("vgg13_half", input_size=48)
+    blurred = get_model("vgg13_half", input_size=48, antialiased_blocks=2)
+    x = mx.nd.random.normal(shape=(2, 1, 48, 48))
+    init_forward(plain, 48), init_forward(blurred, 48)
+    # No parameters and the same map sizes: the weights of one fit the other.
+    assert num_parameters(blurred) == num_parameters(plain)
+    assert blurred.features(x).shape == plain.features(x).shape == (2, 128, 3, 3)
+    strides = [pool._kwargs["stride"] for pool in blocks_of(blurred, gluon.nn.MaxPool2D)]
+    assert strides == [(2, 2), (2, 2), (1, 1), (1, 1)]
+    layers = list(blurred.features._children.values())
+    first = next(i for i, layer in enumerate(layers)
+                 if isinstance(layer, gluon.nn.MaxPool2D) and layer._kwargs["stride"] == (1, 1))
+    pair = gluon.nn.HybridSequential()
+    pair.add(*layers[first:first + 2])
+    maps = np.random.RandomState(0).normal(size=(1, 1, 7, 9))
+    np.testing.assert_allclose(pair(mx.nd.array(maps)).asnumpy()[0, 0], antialiased_pool_reference(maps[0, 0]),
+                               rtol=1e-5, atol=1e-6)
+    # What it is for: a one-pixel shift moves a plain pooling's output by a whole cell (or not at all),
+    # the anti-aliased one's by less than half of that, whatever the position.
+    assert largest_change_under_a_one_pixel_shift(gluon.nn.MaxPool2D(2, 2)) == pytest.approx(2.0)
+    assert largest_change_under_a_one_pixel_shift(pair) < 1.0
+    # A run folder's config rebuilds it, the exported graph keeps the blur, and Grad-CAM still splits
+    # after the last convolution.
+    write_run(tmp_path / "run", blurred, model="vgg13_half", model_kwargs={"antialiased_blocks": 2}, input_size=48)
+    np.testing.assert_array_equal(load_run(tmp_path / "run")[0](x).asnumpy(), blurred(x).asnumpy())
+    export_net(blurred, tmp_path / "exported", 48)
+    np.testing.assert_allclose(load_exported(tmp_path / "exported")(x).asnumpy(), blurred(x).asnumpy(),
+                               rtol=1e-5, atol=1e-5)
+    body, head = fm.saliency_split(blurred)
+    np.testing.assert_allclose(head(body(x)).asnumpy(), blurred(x).asnumpy(), rtol=1e-5, atol=1e-5)
+    for bad in (5, -1, True, 1.5):
+        with pytest.raises(FERError, match="antialiased_blocks must be a whole number from 0 to 4"):
+            get_model("vgg13_half", antialiased_blocks=bad)
+
+
 def face_resnet_count(classes=8, stem=32, stages=((64, 1), (128, 2), (256, 1))):
     """Parameter values of FaceResNet by arithmetic: (trainable, BatchNorm running stats)."""
     trainable, running = 0, 0

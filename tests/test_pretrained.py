@@ -37,19 +37,22 @@ def test_the_pretrained_run_is_complete_small_and_sealed():
     assert config["emotions"] == list(EMOTIONS)
 
 
-def test_the_pretrained_run_was_trained_with_the_cpu_long_recipe_as_it_is():
-    """The README's command (--recipe cpu_long) retrains the shipped network: recipe and weights never drift."""
+def test_the_pretrained_run_was_trained_with_the_cpu_long_aa_recipe_as_it_is():
+    """The README's command (--recipe cpu_long_aa) retrains the shipped network: recipe and weights never drift."""
     from ferlib.train import RECIPES
 
-    config, recipe = run.read_config(run.PRETRAINED), RECIPES["cpu_long"]
+    config, recipe = run.read_config(run.PRETRAINED), RECIPES["cpu_long_aa"]
     for name in ("model", "input_size", "num_epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
                  "wd", "momentum", "ema_decay", "normalization"):
         assert config[name] == getattr(recipe, name), name
-    assert config["augmentation"] == recipe.augmentation and config["seed"] == 0
+    assert config["augmentation"] == recipe.augmentation and config["seed"] == 2
+    assert config["model_kwargs"] == {"input_size": 48, **recipe.model_kwargs}
+    assert recipe.model_kwargs == {"antialiased_blocks": 2}
     # It ran with bfloat16 steps: the recipe's "auto" on a CPU with AVX-512 BF16.
     assert recipe.cpu_precision == "auto" and config["cpu_precision"] == "bfloat16"
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert "--recipe cpu_long --mode crossentropy \\\n    --gpus cpu --seed $seed --out runs/cpu_long-crossentropy-s$seed\n" in readme
+    assert "--recipe cpu_long_aa --mode crossentropy \\\n    --gpus cpu --seed $seed --out runs/cpu_long_aa-crossentropy-s$seed\n" in readme
+    assert "run.ship_pretrained('runs/cpu_long_aa-crossentropy-s2'," in readme
 
 
 def test_a_changed_or_missing_pretrained_file_is_refused(tmp_path, monkeypatch):
@@ -140,12 +143,12 @@ def test_the_shipped_weights_reproduce_the_readme_figure(tmp_path):
 
 
 def test_the_readme_shows_the_shipped_run_as_ferlib_results_prints_it():
-    """The README's four-scheme table (``cpu_long``) is printed by ``python -m ferlib results``: its seed-0
-    crossentropy row (the shipped run) has the figures that the command prints for ``pretrained``."""
+    """The results table's row of the shipped run has the figures that ``python -m ferlib results pretrained``
+    prints: epochs, validation, test plain and with TTA, top-2, KL and ECE (its time is the wall clock there)."""
     from ferlib.evaluate import format_results_table, run_results
 
-    printed = format_results_table([run_results(run.PRETRAINED)]).splitlines()[2]
-    figures = printed.split(" | ", 1)[1]  # every column but the run's folder
+    printed = format_results_table([run_results(run.PRETRAINED)]).splitlines()[2].strip("| ").split(" | ")
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    row = next(line for line in readme.splitlines() if line.startswith("| runs/cpu_long-crossentropy-s0 |"))
-    assert row == f"| runs/cpu_long-crossentropy-s0 | {figures}"
+    [row] = [line for line in readme.splitlines() if line.startswith("|") and "shipped as `pretrained`" in line]
+    cells = row.strip("| ").split(" | ")
+    assert cells[3] == printed[4] == "53 (41)" and cells[-6:] == printed[-6:], (cells, printed)
