@@ -514,8 +514,8 @@ def get_model(name, **kwargs):
           convolutions and one hidden dense layer of 256: the CPU recipe's
           network (140 M multiply-adds per 48x48 face); ``pretrained=True``
           gives it with the FER+ weights that ship with ferlib, built as they were
-          trained (with anti-aliased pooling in its last two blocks; it takes faces
-          prepared with ``preprocess(faces, size=48, normalization=net.normalization)``);
+          trained (``antialiased_blocks=2``), for faces prepared with
+          ``preprocess(faces, size=48, normalization=net.normalization)``;
         * ``vgg13_half_wide`` -- ``vgg13_half`` with 256 channels in the last
           block instead of 128 (VGG's doubling; 37 M more multiply-adds at 48x48,
           about a fifth slower to train on a CPU);
