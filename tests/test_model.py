@@ -127,7 +127,8 @@ def test_antialiased_blocks_blur_the_last_poolings_and_keep_the_network(tmp_path
     plain = get_model("vgg13_half", input_size=48)
     blurred = get_model("vgg13_half", input_size=48, antialiased_blocks=2)
     x = mx.nd.random.normal(shape=(2, 1, 48, 48))
-    init_forward(plain, 48), init_forward(blurred, 48)
+    for net in (plain, blurred):
+        init_forward(net, 48)
     # No parameters and the same map sizes: the weights of one fit the other.
     assert num_parameters(blurred) == num_parameters(plain)
     assert blurred.features(x).shape == plain.features(x).shape == (2, 128, 3, 3)
