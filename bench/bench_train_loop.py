@@ -1,6 +1,6 @@
 """Training-loop throughput: where an epoch of a recipe goes, against a bare step, same run.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_train_loop.py [--recipe cpu] [--data build/cache-real]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_train_loop.py [--recipe cpu [cpu_long_aa ...]] [--data build/cache-real]
 
 The baseline is the bare SGD step on one batch held in memory: forward, loss, backward and update,
 nothing else, in float32. Each following row adds one part of what ``ferlib.train.train`` does per
@@ -10,7 +10,9 @@ two more rows run the bare step and the whole epoch through ``bfloat16_view`` (t
 ``DNNL_MAX_CPU_ISA=AVX512_CORE_BF16`` in the environment keeps AMX off, for the figures without it.
 The last rows time one validation pass, which a run with a weight average makes twice per epoch
 when it also validates the last weights. Run it on an idle machine: the ratios are what it is for.
-Faces are the cache given with ``--data``, else the built-in synthetic ones.
+Faces are the cache given with ``--data``, else the built-in synthetic ones. Given several recipes,
+it measures each in turn and ends with each row's rate against the first recipe's, from the same
+run: what a change of network (``cpu_long_aa`` against ``cpu_long``) costs a step on this machine.
 """
 import argparse
 import os
@@ -51,17 +53,31 @@ def images_per_second(step, batch_size, batches):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="cpu", choices=list(train.RECIPES))
+    parser.add_argument("--recipe", nargs="+", default=["cpu"], choices=list(train.RECIPES),
+                        help="one or more recipes; from the second on, each is compared with the first")
     parser.add_argument("--data", help="a prepared cache (default: a synthetic one)")
     parser.add_argument("--mode", default="crossentropy")
     parser.add_argument("--batches", type=int, default=60, help="batches timed per row")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        measure(args, args.data or synthetic_cache(folder, 4000))
+        cache = args.data or synthetic_cache(folder, 4000)
+        measured = {name: measure(args, name, cache) for name in args.recipe}
+    if len(measured) > 1:
+        compare(measured)
 
 
-def measure(args, cache):
-    recipe = train._checked_recipe(train.get_recipe(args.recipe))
+def compare(measured):
+    """Each recipe's rows as a ratio to the first recipe's same row (images/s: above 1 is faster)."""
+    names = list(measured)
+    print(f"\nagainst {names[0]}, same run (images/s ratio; below 1.00 is slower)")
+    print(f"{'row':60s}" + "".join(f"{name:>14s}" for name in names[1:]))
+    for row, value in measured[names[0]]:
+        print(f"{row:60s}" + "".join(f"{dict(measured[name]).get(row, float('nan')) / value:14.3f}"
+                                     for name in names[1:]))
+
+
+def measure(args, recipe_name, cache):
+    recipe = train._checked_recipe(train.get_recipe(recipe_name))
     ctx = [mx.cpu()]
     net = train.build_net(recipe.model, recipe.model_kwargs, ctx)
     trainer = train.make_trainer(net, recipe.lr, recipe.momentum, recipe.wd, optimizer=recipe.optimizer)
@@ -70,7 +86,8 @@ def measure(args, cache):
     b = recipe.batch_size
     x, y = (mx.nd.array(a) for a in train_set.batch(range(b)))
     average = train.WeightAverage(net, recipe.ema_decay) if recipe.ema_decay else None
-    print(f"recipe {args.recipe} ({recipe.model}, {recipe.input_size}x{recipe.input_size}, batch {b}), "
+    print(f"\nrecipe {recipe_name} ({recipe.model} {recipe.model_kwargs or ''}, "
+          f"{recipe.input_size}x{recipe.input_size}, batch {b}), "
           f"{len(train_set)} training faces of {cache}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
           f"AMX {'on' if ferlib.cpu.amx_enabled() else 'off' if ferlib.cpu.cpu_has_amx() else 'absent'}\n")
 
@@ -127,6 +144,7 @@ def measure(args, cache):
     passes = 2 if average is not None and recipe.validate_last_weights else 1
     print(f"\nvalidation: {len(val_faces.labels)} faces in {seconds:.1f} s ({len(val_faces.labels) / seconds:.0f} "
           f"images/s), {passes} pass(es) per epoch: {passes * seconds:.1f} s beside {epoch:.0f} s of training")
+    return rows
 
 
 if __name__ == "__main__":
