@@ -1,6 +1,7 @@
 """Training-loop throughput: where an epoch of a recipe goes, against a bare step, same run.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_train_loop.py [--recipe cpu [cpu_long_aa ...]] [--data build/cache-real]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_train_loop.py [--recipe cpu [cpu_long_aa ...] [--rounds 3]]
+        [--data build/cache-real]
 
 The baseline is the bare SGD step on one batch held in memory: forward, loss, backward and update,
 nothing else, in float32. Each following row adds one part of what ``ferlib.train.train`` does per
@@ -13,9 +14,13 @@ when it also validates the last weights. Run it on an idle machine: the ratios a
 Faces are the cache given with ``--data``, else the built-in synthetic ones. Given several recipes,
 it measures each in turn and ends with each row's rate against the first recipe's, from the same
 run: what a change of network (``cpu_long_aa`` against ``cpu_long``) costs a step on this machine.
+A shared host's speed drifts by 10-20% within minutes, as much as such a change costs, so compare
+over ``--rounds``: the recipes are measured in turn, the order reversed each round, and each ratio
+is the median of the rounds' (their range beside it).
 """
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -55,25 +60,35 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", nargs="+", default=["cpu"], choices=list(train.RECIPES),
                         help="one or more recipes; from the second on, each is compared with the first")
+    parser.add_argument("--rounds", type=int, default=1, help="with several recipes: rounds of measuring each in turn")
     parser.add_argument("--data", help="a prepared cache (default: a synthetic one)")
     parser.add_argument("--mode", default="crossentropy")
     parser.add_argument("--batches", type=int, default=60, help="batches timed per row")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         cache = args.data or synthetic_cache(folder, 4000)
-        measured = {name: measure(args, name, cache) for name in args.recipe}
-    if len(measured) > 1:
+        names = list(dict.fromkeys(args.recipe))
+        measured = {name: [] for name in names}
+        for round_ in range(args.rounds if len(names) > 1 else 1):
+            for name in names if round_ % 2 == 0 else names[::-1]:
+                measured[name].append(dict(measure(args, name, cache)))
+    if len(names) > 1:
         compare(measured)
 
 
 def compare(measured):
-    """Each recipe's rows as a ratio to the first recipe's same row (images/s: above 1 is faster)."""
-    names = list(measured)
-    print(f"\nagainst {names[0]}, same run (images/s ratio; below 1.00 is slower)")
-    print(f"{'row':60s}" + "".join(f"{name:>14s}" for name in names[1:]))
-    for row, value in measured[names[0]]:
-        print(f"{row:60s}" + "".join(f"{dict(measured[name]).get(row, float('nan')) / value:14.3f}"
-                                     for name in names[1:]))
+    """Each recipe's rows against the first recipe's same row in the same round: the median ratio
+    of images/s over the rounds (below 1 is slower), and the range."""
+    first, *others = list(measured)
+    rounds = len(measured[first])
+    print(f"\nagainst {first}, same run, {rounds} round(s) (images/s ratio, median and range; below 1.00 is slower)")
+    print(f"{'row':60s}" + "".join(f"{name:>26s}" for name in others))
+    for row in measured[first][0]:
+        cells = []
+        for name in others:
+            ratios = sorted(measured[name][r].get(row, float("nan")) / measured[first][r][row] for r in range(rounds))
+            cells.append(f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})")
+        print(f"{row:60s}" + "".join(f"{cell:>26s}" for cell in cells))
 
 
 def measure(args, recipe_name, cache):
