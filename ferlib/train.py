@@ -180,9 +180,9 @@ _CPU_LONG = _CPU.replace(wd=1e-3, num_epochs=53, validate_last_weights=False)
 #:   70 minutes on 2 AMD cores in bfloat16, 48 on 2 Intel cores with AMX, 90 or more in float32
 #:   (the README's ablation and "bfloat16 on the CPU");
 #: * ``cpu_long_aa``: ``cpu_long`` with anti-aliased poolings in the network's last two blocks
-#:   (``antialiased_blocks=2``): 87.91% on test over four runs against ``cpu_long``'s 87.71% over
-#:   four; as fast as ``cpu_long`` with AMX (48-55 minutes), about 1.04x slower on 2 AMD cores (83
-#:   minutes on a slow host, past 75; README, ablation and "bfloat16 on the CPU"); the network of
+#:   (``antialiased_blocks=2``): 87.89% on test over five runs against ``cpu_long``'s 87.71% over
+#:   four; as fast as ``cpu_long`` with AMX (48-55 minutes), about 1.04x slower on 2 AMD cores (83-84
+#:   minutes on slow hosts, past 75; README, ablation and "bfloat16 on the CPU"); the network of
 #:   ferlib's pretrained weights;
 #: * ``cpu_small``: the earlier CPU recipe, a quarter of the channels, in half the time
 #:   (about 53 s per epoch, 40 epochs in about 36 minutes) and about 2.5 points less accurate;
