@@ -60,9 +60,19 @@ def bfloat16_is_fast(cpuinfo="/proc/cpuinfo"):
     On an Intel CPU with AMX, oneDNN 2.4 without AMX runs the bfloat16 step at 0.68x float32's speed,
     with AMX at 1.96x (``bench/bench_train_loop.py``, README "bfloat16 on the CPU"); AMD Zen 4 has no
     AMX, and its AVX-512 BF16 kernels run at 1.5x."""
+    return why_not_bfloat16(cpuinfo) is None
+
+
+def why_not_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """Why bfloat16 training steps would be the slower here, in a few words; None where they are the faster.
+
+    A run says it, so that a reader whose epochs take three times the README's knows why (float32 on
+    an AVX2-only AMD EPYC: README, "bfloat16 on the CPU")."""
     if not cpu_has_bfloat16(cpuinfo):
-        return False
-    return amx_enabled() or not cpu_has_amx(cpuinfo)
+        return "this CPU has no AVX-512 BF16"
+    if cpu_has_amx(cpuinfo) and not amx_enabled():
+        return "AMX is off, and AVX-512 BF16 without it is slower than float32"
+    return None
 
 
 def _request_amx_permission():

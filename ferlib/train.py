@@ -177,8 +177,8 @@ _CPU_LONG = _CPU.replace(wd=1e-3, num_epochs=53, validate_last_weights=False)
 #:   are the faster; 40 epochs of about 105 s on 2 cores in float32 (about 70 minutes; see
 #:   the README's results table), 54 minutes in bfloat16 on a machine 1.2x slower in float32;
 #: * ``cpu_long``: ``cpu`` with 53 epochs and weight decay 1e-3, one validation pass an epoch: about
-#:   70 minutes on 2 AMD cores in bfloat16, 48 on 2 Intel cores with AMX, 90 or more in float32
-#:   (the README's ablation and "bfloat16 on the CPU");
+#:   70 minutes on 2 AMD cores in bfloat16, 48 on 2 Intel cores with AMX, 90 or more in float32,
+#:   about 4 hours on 2 cores with AVX2 only (the README's ablation and "bfloat16 on the CPU");
 #: * ``cpu_long_aa``: ``cpu_long`` with anti-aliased poolings in the network's last two blocks
 #:   (``antialiased_blocks=2``): 87.89% on test over five runs against ``cpu_long``'s 87.71% over
 #:   four; as fast as ``cpu_long`` with AMX (48-55 minutes), about 1.04x slower on 2 AMD cores (83-84
@@ -1145,6 +1145,8 @@ def _say_what_trains(recipe, mode, ctx, gpus, rank, num_machines, config, train_
     machine = f", worker {rank + 1} of {num_machines} ({config['kvstore']})" if num_machines > 1 else ""
     if config["cpu_precision"] != "float32":
         where += f", steps in {config['cpu_precision']}"
+    elif recipe.cpu_precision == "auto" and all(c.device_type == "cpu" for c in ctx):
+        where += f", steps in float32 ({cpu.why_not_bfloat16()})"
     print(f"training {recipe.model} ({mode}) on {where}{machine}: {len(train_set)} training faces, "
           f"{len(val_data.labels)} validation faces, epochs {start_epoch + 1}..{recipe.num_epochs}"
           + (f" (resumed after epoch {start_epoch})" if start_epoch else ""), flush=True)

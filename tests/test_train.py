@@ -324,6 +324,21 @@ def test_a_bfloat16_step_moves_the_float32_weights_as_a_float32_step_would():
     assert exact_after < loss_before and low_after == pytest.approx(exact_after, rel=0.01)
 
 
+def test_a_run_kept_in_float32_by_auto_says_why(synthetic_cache, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ferlib.cpu, "cpu_flags", lambda cpuinfo=None: frozenset({"fpu", "avx2", "fma"}))  # Zen 3
+    result = fer_train.train(synthetic_cache, tmp_path / "run", cpu_precision="auto", num_epochs=1,
+                             **{**TINY, "progress": True})
+    assert "steps in float32 (this CPU has no AVX-512 BF16)" in capsys.readouterr().out
+    assert result["config"]["cpu_precision"] == "float32"
+    intel = frozenset({"avx512_bf16", "amx_tile", "amx_bf16"})
+    monkeypatch.setattr(ferlib.cpu, "cpu_flags", lambda cpuinfo=None: intel)
+    monkeypatch.setattr(ferlib.cpu, "_amx_enabled", False)  # AMX capped by the user
+    assert "AMX is off" in ferlib.cpu.why_not_bfloat16()
+    fer_train.train(synthetic_cache, tmp_path / "chosen", cpu_precision="float32", num_epochs=1,
+                    **{**TINY, "progress": True})
+    assert "steps in" not in capsys.readouterr().out  # float32 asked for: nothing to explain
+
+
 @pytest.mark.skipif(not ferlib.cpu.bfloat16_is_fast(), reason="bfloat16 steps are not the faster on this CPU")
 def test_a_bfloat16_run_records_it_and_exports_a_float32_network(synthetic_cache, tmp_path, capsys):
     result = fer_train.train(synthetic_cache, tmp_path / "run", cpu_precision="auto", num_epochs=1,
