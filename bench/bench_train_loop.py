@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_train_loop.py [--recipe cpu [cpu_long_aa ...] [--rounds 3]]
         [--data build/cache-real]
+    ... --recipe cpu_long_aa "cpu_long_aa --antialiased-blocks 3"    (a recipe changed as ``train`` would)
 
 The baseline is the bare SGD step on one batch held in memory: forward, loss, backward and update,
 nothing else, in float32. Each following row adds one part of what ``ferlib.train.train`` does per
@@ -14,12 +15,14 @@ when it also validates the last weights. Run it on an idle machine: the ratios a
 Faces are the cache given with ``--data``, else the built-in synthetic ones. Given several recipes,
 it measures each in turn and ends with each row's rate against the first recipe's, from the same
 run: what a change of network (``cpu_long_aa`` against ``cpu_long``) costs a step on this machine.
+A recipe may carry the options of ``python -m ferlib train`` that change it, in one quoted argument.
 A shared host's speed drifts by 10-20% within minutes, as much as such a change costs, so compare
 over ``--rounds``: the recipes are measured in turn, the order reversed each round, and each ratio
 is the median of the rounds' (their range beside it).
 """
 import argparse
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -35,6 +38,7 @@ import mxnet as mx  # noqa: E402
 from mxnet import autograd  # noqa: E402
 
 from ferlib import data, losses, predict, synth, train  # noqa: E402
+from ferlib.cli import build_parser  # noqa: E402
 
 
 def synthetic_cache(folder, n):
@@ -58,8 +62,9 @@ def images_per_second(step, batch_size, batches):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", nargs="+", default=["cpu"], choices=list(train.RECIPES),
-                        help="one or more recipes; from the second on, each is compared with the first")
+    parser.add_argument("--recipe", nargs="+", default=["cpu"],
+                        help="one or more recipes, each a name with any of train's options that change it "
+                             "(quoted); from the second on, each is compared with the first")
     parser.add_argument("--rounds", type=int, default=1, help="with several recipes: rounds of measuring each in turn")
     parser.add_argument("--data", help="a prepared cache (default: a synthetic one)")
     parser.add_argument("--mode", default="crossentropy")
@@ -68,6 +73,8 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         cache = args.data or synthetic_cache(folder, 4000)
         names = list(dict.fromkeys(args.recipe))
+        for name in names:  # a wrong one stops the bench before any measuring
+            recipe_from_spec(name)
         measured = {name: [] for name in names}
         for round_ in range(args.rounds if len(names) > 1 else 1):
             for name in names if round_ % 2 == 0 else names[::-1]:
@@ -82,17 +89,27 @@ def compare(measured):
     first, *others = list(measured)
     rounds = len(measured[first])
     print(f"\nagainst {first}, same run, {rounds} round(s) (images/s ratio, median and range; below 1.00 is slower)")
-    print(f"{'row':60s}" + "".join(f"{name:>26s}" for name in others))
+    width = max(26, *(len(name) + 2 for name in others))
+    print(f"{'row':60s}" + "".join(f"{name:>{width}s}" for name in others))
     for row in measured[first][0]:
         cells = []
         for name in others:
             ratios = sorted(measured[name][r].get(row, float("nan")) / measured[first][r][row] for r in range(rounds))
             cells.append(f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})")
-        print(f"{row:60s}" + "".join(f"{cell:>26s}" for cell in cells))
+        print(f"{row:60s}" + "".join(f"{cell:>{width}s}" for cell in cells))
+
+
+def recipe_from_spec(spec):
+    """The recipe of ``spec``: a recipe's name, then any options of ``python -m ferlib train`` that
+    change it (``cpu_long_aa --antialiased-blocks 3``), read by train's own parser, which reports
+    a wrong one."""
+    name, *options = shlex.split(spec)
+    args = build_parser().parse_args(["train", "--data", "-", "--out", "-", "--recipe", name, *options])
+    return train._checked_recipe(train.recipe_from_args(args))
 
 
 def measure(args, recipe_name, cache):
-    recipe = train._checked_recipe(train.get_recipe(recipe_name))
+    recipe = recipe_from_spec(recipe_name)
     ctx = [mx.cpu()]
     net = train.build_net(recipe.model, recipe.model_kwargs, ctx)
     trainer = train.make_trainer(net, recipe.lr, recipe.momentum, recipe.wd, optimizer=recipe.optimizer)

@@ -708,6 +708,18 @@ def test_the_command_line_changes_only_the_settings_it_is_given():
         recipe("--cpu-precision", "float16")
 
 
+def test_the_training_bench_reads_a_recipe_with_trains_options():
+    import bench_train_loop  # bench/, on the path via conftest
+
+    checked = fer_train._checked_recipe
+    assert bench_train_loop.recipe_from_spec("cpu_long_aa") == checked(fer_train.RECIPES["cpu_long_aa"])
+    three = bench_train_loop.recipe_from_spec("cpu_long_aa --antialiased-blocks 3 --epochs 45")
+    assert three == checked(fer_train.RECIPES["cpu_long_aa"].replace(model_kwargs={"antialiased_blocks": 3},
+                                                                     num_epochs=45))
+    with pytest.raises(SystemExit):  # train's parser says what is wrong
+        bench_train_loop.recipe_from_spec("cpu_long_aa --antialiased-blocks three")
+
+
 def test_the_augmentation_is_a_recipe_setting(synthetic_cache, tmp_path):
     from ferlib.cli import build_parser
     from ferlib.transforms import FERPLUS_AUGMENTATION
