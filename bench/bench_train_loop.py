@@ -72,13 +72,13 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         cache = args.data or synthetic_cache(folder, 4000)
-        names = list(dict.fromkeys(args.recipe))
-        for name in names:  # a wrong one stops the bench before any measuring
-            recipe_from_spec(name)
+        # Read before any measuring, so that a wrong one stops the bench at once.
+        recipes = {name: recipe_from_spec(name) for name in dict.fromkeys(args.recipe)}
+        names = list(recipes)
         measured = {name: [] for name in names}
         for round_ in range(args.rounds if len(names) > 1 else 1):
             for name in names if round_ % 2 == 0 else names[::-1]:
-                measured[name].append(dict(measure(args, name, cache)))
+                measured[name].append(dict(measure(args, name, recipes[name], cache)))
     if len(names) > 1:
         compare(measured)
 
@@ -108,8 +108,7 @@ def recipe_from_spec(spec):
     return train._checked_recipe(train.recipe_from_args(args))
 
 
-def measure(args, recipe_name, cache):
-    recipe = recipe_from_spec(recipe_name)
+def measure(args, recipe_name, recipe, cache):
     ctx = [mx.cpu()]
     net = train.build_net(recipe.model, recipe.model_kwargs, ctx)
     trainer = train.make_trainer(net, recipe.lr, recipe.momentum, recipe.wd, optimizer=recipe.optimizer)
