@@ -180,7 +180,7 @@ _CPU_LONG = _CPU.replace(wd=1e-3, num_epochs=53, validate_last_weights=False)
 #:   70 minutes on 2 AMD cores in bfloat16, 48 on 2 Intel cores with AMX, 90 or more in float32,
 #:   about 4 hours on 2 cores with AVX2 only (the README's ablation and "bfloat16 on the CPU");
 #: * ``cpu_long_aa``: ``cpu_long`` with anti-aliased poolings in the network's last two blocks
-#:   (``antialiased_blocks=2``): 87.89% on test over five runs against ``cpu_long``'s 87.71% over
+#:   (``antialiased_blocks=2``): 87.83% on test over six runs against ``cpu_long``'s 87.71% over
 #:   four; as fast as ``cpu_long`` with AMX (48-55 minutes), about 1.04x slower on 2 AMD cores (83-84
 #:   minutes on slow hosts, past 75; README, ablation and "bfloat16 on the CPU"); the network of
 #:   ferlib's pretrained weights;
