@@ -180,10 +180,10 @@ _CPU_LONG = _CPU.replace(wd=1e-3, num_epochs=53, validate_last_weights=False)
 #:   70 minutes on 2 AMD cores in bfloat16, 48 on 2 Intel cores with AMX, 90 or more in float32,
 #:   about 4 hours on 2 cores with AVX2 only (the README's ablation and "bfloat16 on the CPU");
 #: * ``cpu_long_aa``: ``cpu_long`` with anti-aliased poolings in the network's last two blocks
-#:   (``antialiased_blocks=2``): 87.83% on test over six runs against ``cpu_long``'s 87.71% over
-#:   four; as fast as ``cpu_long`` with AMX (48-55 minutes), about 1.04x slower on 2 AMD cores (83-84
-#:   minutes on slow hosts, past 75; README, ablation and "bfloat16 on the CPU"); the network of
-#:   ferlib's pretrained weights;
+#:   (``antialiased_blocks=2``), a little ahead of ``cpu_long`` on test (the README's results
+#:   table has every run's figures); as fast as ``cpu_long`` with AMX (48-55 minutes), about
+#:   1.04x slower on 2 AMD cores (83-84 minutes on slow hosts, past 75; README, ablation and
+#:   "bfloat16 on the CPU"); the network of ferlib's pretrained weights;
 #: * ``cpu_small``: the earlier CPU recipe, a quarter of the channels, in half the time
 #:   (about 53 s per epoch, 40 epochs in about 36 minutes) and about 2.5 points less accurate;
 #: * ``synthetic``: ``cpu_small``'s network without dropout, which learns the synthetic set to
