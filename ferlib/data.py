@@ -28,7 +28,7 @@ from mxnet import gluon
 from . import labels as fer_labels
 from .errors import DataFormatError, FERError
 from .transforms import (DEFAULT_NORMALIZATION, FERPLUS_AUGMENTATION, INPUT_SIZE, Augmentation, check_normalization,
-                         mix_pairs, preprocess)
+                         cut_pairs, mix_pairs, preprocess)
 from .fileio import atomic_save, atomic_write_json, ensure_dir
 from .formats import (FER2013_CLASSES, FER2013_HEADER, FERPLUS_HEADER, IMAGE_SIDE, PIXELS,  # noqa: F401
                       SPLIT_OF_USAGE, SPLITS, USAGE_OF_SPLIT, USAGES)
@@ -441,11 +441,12 @@ def format_summary(summary):
 # --------------------------------------------------------------------------- Gluon
 
 
-def check_mixup(augmentation, mode):
+def check_target_blending(augmentation, mode):
     """A FERError if ``augmentation`` blends targets that ``mode`` cannot blend."""
-    if augmentation is not None and augmentation.mixup and mode == "multi_target":
-        raise FERError("mixup blends targets, and multi_target's are sets of classes, not distributions: "
-                       "use mixup with crossentropy, probability or majority")
+    if augmentation is not None and augmentation.blends_targets and mode == "multi_target":
+        kind = "mixup" if augmentation.mixup else "cutmix"
+        raise FERError(f"{kind} blends targets, and multi_target's are sets of classes, not distributions: "
+                       f"use {kind} with crossentropy, probability or majority")
 
 
 class FERPlusDataset(gluon.data.Dataset):
@@ -499,7 +500,7 @@ class FERPlusDataset(gluon.data.Dataset):
             self.augmentation = augment
         else:
             self.augmentation = FERPLUS_AUGMENTATION if (split == "train" if augment is None else augment) else None
-        check_mixup(self.augmentation, mode)
+        check_target_blending(self.augmentation, mode)
         self.size, self.seed, self.normalization = size, seed, check_normalization(normalization)
         self._random = self.augmentation is not None or mode == "probability"
 
@@ -524,6 +525,8 @@ class FERPlusDataset(gluon.data.Dataset):
         y = fer_labels.training_targets(self.targets[index], self.mode, rng)
         if self.augmentation is not None and self.augmentation.mixup:
             x, y = mix_pairs(x, y, rng, self.augmentation.mixup)
+        if self.augmentation is not None and self.augmentation.cutmix:
+            x, y = cut_pairs(x, y, rng, self.augmentation.cutmix)
         return x, y
 
 

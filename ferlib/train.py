@@ -979,7 +979,7 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
     """
     recipe = _checked_recipe(get_recipe(recipe, **changes))
     fer_labels.check_mode(mode)
-    fer_data.check_mixup(_augmentation(recipe), mode)
+    fer_data.check_target_blending(_augmentation(recipe), mode)
     loss_fn = fer_losses.get_loss(mode, smoothing=recipe.label_smoothing)  # a mode it does not apply to fails here
     fer_labels.check_target_power(recipe.target_power, mode)  # so does this
     if amp and recipe.sam_rho:
@@ -1277,7 +1277,8 @@ def add_commands(subparsers):
     p.add_argument("--augment", default=None, metavar="NAME=VALUE,...",
                    help="change settings of the recipe's training distortion, e.g. max_angle=0,max_skew=0,max_scale=1 "
                         "(shifts and flips only); settings: max_shift, max_scale, max_angle, max_skew, flip, "
-                        "whole_pixels, erase (a probability), mixup (Beta's alpha, e.g. 0.2)")
+                        "whole_pixels, erase (a probability), mixup (Beta's alpha, e.g. 0.2), "
+                        "cutmix (a probability, e.g. 0.5)")
     p.add_argument("--normalization", choices=NORMALIZATIONS, default=None,
                    help="intensity normalisation of the faces: ferplus (the paper's: histogram equalisation, "
                         "minus the fitted plane) or standard (minus the mean, over the standard deviation)")

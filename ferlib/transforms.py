@@ -65,6 +65,10 @@ class Augmentation:
         Mixup's alpha (Zhang et al. 2018, :func:`mix_pairs`): each face of a batch is blended with
         another of the same batch, and so are their targets, with a weight drawn from
         Beta(alpha, alpha). 0: never (the paper's).
+    cutmix : float
+        Probability of CutMix (Yun et al. 2019, :func:`cut_pairs`): a rectangle of the face, of an
+        area drawn uniformly from 0 to the whole, replaced by the same rectangle of another face of
+        the batch, and the targets blended by the areas. 0: never (the paper's). Not with mixup.
     """
 
     max_shift: float = 0.08
@@ -75,12 +79,22 @@ class Augmentation:
     whole_pixels: bool = False
     erase: float = 0.0
     mixup: float = 0.0
+    cutmix: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.erase <= 1.0:
             raise FERError(f"augmentation erase is a probability, from 0 to 1; got {self.erase!r}")
         if not self.mixup >= 0.0:
             raise FERError(f"augmentation mixup is Beta's alpha, 0 (off) or more; got {self.mixup!r}")
+        if not 0.0 <= self.cutmix <= 1.0:
+            raise FERError(f"augmentation cutmix is a probability, from 0 to 1; got {self.cutmix!r}")
+        if self.cutmix and self.mixup:
+            raise FERError("augmentation mixup and cutmix both blend the targets of a batch: choose one")
+
+    @property
+    def blends_targets(self):
+        """True when a face's target is blended with another's (mixup, cutmix)."""
+        return bool(self.mixup or self.cutmix)
 
 
 #: The FER+ training distortion.
@@ -310,6 +324,34 @@ def mix_pairs(x, y, rng, alpha):
         return w * a + (1 - w) * a[order]
 
     return blend(x), blend(y)
+
+
+def cut_pairs(x, y, rng, probability):
+    """CutMix (Yun et al. 2019) of faces ``x`` (N, ..., H, W) and targets ``y`` (N, C): with
+    ``probability``, a rectangle of row ``i`` is replaced by the same rectangle of row ``order[i]``
+    of a random permutation, and its target becomes ``w * own + (1 - w) * partner``, ``w`` the
+    share of the face left as it was.
+
+    The rectangle's area is a uniform fraction of the face, its sides in the face's proportions,
+    its centre anywhere, clipped at the borders (so ``w`` is counted after clipping). Every row
+    draws whether or not it is cut, so the random stream does not depend on which were. Returns
+    new arrays; the targets stay distributions when they were.
+    """
+    n, height, width = len(x), x.shape[-2], x.shape[-1]
+    order = rng.permutation(n)
+    cut = rng.random(n) < probability
+    side = np.sqrt(rng.random(n))  # the rectangle's sides, as fractions of the face's
+    centre_y, centre_x = rng.random(n) * height, rng.random(n) * width
+    top = np.clip(np.round(centre_y - side * height / 2), 0, height).astype(int)
+    bottom = np.clip(np.round(centre_y + side * height / 2), 0, height).astype(int)
+    left = np.clip(np.round(centre_x - side * width / 2), 0, width).astype(int)
+    right = np.clip(np.round(centre_x + side * width / 2), 0, width).astype(int)
+    mixed_x, mixed_y = x.copy(), y.copy()
+    for i in np.flatnonzero(cut):
+        mixed_x[i, ..., top[i]:bottom[i], left[i]:right[i]] = x[order[i], ..., top[i]:bottom[i], left[i]:right[i]]
+        kept = 1.0 - (bottom[i] - top[i]) * (right[i] - left[i]) / (height * width)
+        mixed_y[i] = kept * y[i] + (1.0 - kept) * y[order[i]]
+    return mixed_x, mixed_y
 
 
 def preprocess(images, boxes=None, size=INPUT_SIZE, augmentation=None, rng=None,

@@ -197,6 +197,12 @@ def test_mixup_blends_the_training_batches_only_and_not_multi_target(synthetic_c
     assert np.array_equal(mixed.batch(keys)[0], mx_)  # the same keys, the same blend
     with pytest.raises(FERError, match="mixup blends targets, and multi_target's are sets of classes"):
         data.FERPlusDataset(cache, "train", "multi_target", augment=Augmentation(mixup=0.2))
+    cut = data.FERPlusDataset(cache, "train", "majority", augment=Augmentation(cutmix=1.0), seed=2)
+    cx, cy = cut.batch(keys)
+    assert len(set(np.unique(cy))) > 2 and np.array_equal(cut.batch(keys)[0], cx)  # blended, repeatably
+    np.testing.assert_allclose(cy.sum(axis=1), 1, rtol=1e-5)
+    with pytest.raises(FERError, match="cutmix blends targets, and multi_target's are sets of classes"):
+        data.FERPlusDataset(cache, "train", "multi_target", augment=Augmentation(cutmix=0.5))
 
 
 def test_probability_mode_draws_new_labels_each_epoch(synthetic_cache):

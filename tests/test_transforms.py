@@ -205,6 +205,38 @@ def test_mixup_blends_each_face_and_its_target_with_a_partner_of_the_batch():
         Augmentation(mixup=-1)
 
 
+def test_cutmix_pastes_a_rectangle_of_a_partner_and_blends_the_targets_by_its_area():
+    from ferlib.transforms import cut_pairs
+
+    n, side = 200, 12
+    x = np.repeat(np.arange(n, dtype=np.float32), side * side).reshape(n, 1, side, side)  # face i is all i
+    y = np.random.default_rng(0).dirichlet(np.ones(8), size=n).astype(np.float32)
+    mixed_x, mixed_y = cut_pairs(x, y, np.random.default_rng(4), 0.5)
+    assert mixed_x.shape == x.shape and mixed_x.dtype == x.dtype and mixed_y.dtype == y.dtype
+    assert np.array_equal(x[:, 0, 0, 0], np.arange(n))  # the input is left as it was
+    np.testing.assert_allclose(mixed_y.sum(axis=1), 1, rtol=1e-5)  # targets stay distributions
+    cut = 0
+    for i in range(n):
+        face = mixed_x[i, 0]
+        others = np.unique(face[face != i])
+        assert len(others) <= 1
+        if len(others) == 0:
+            np.testing.assert_allclose(mixed_y[i], y[i], atol=1e-6)
+            continue
+        cut += 1
+        rows, cols = np.nonzero(face != i)
+        # one rectangle, filled with the partner's pixels
+        assert len(rows) == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)
+        kept = 1 - len(rows) / side ** 2
+        np.testing.assert_allclose(mixed_y[i], kept * y[i] + (1 - kept) * y[int(others[0])], atol=1e-6)
+    assert 0.3 * n < cut < 0.6 * n  # about half cut (a few rectangles are empty or meet the face itself)
+    assert np.array_equal(cut_pairs(x, y, np.random.default_rng(4), 0.0)[0], x)
+    with pytest.raises(FERError, match="cutmix is a probability, from 0 to 1; got 1.5"):
+        Augmentation(cutmix=1.5)
+    with pytest.raises(FERError, match="mixup and cutmix both blend the targets of a batch: choose one"):
+        Augmentation(cutmix=0.5, mixup=0.2)
+
+
 def test_flip_mirrors_the_face():
     img = np.zeros((48, 48), np.uint8)
     img[:, :10] = 255  # bright left edge
