@@ -209,22 +209,26 @@ def test_cutmix_pastes_a_rectangle_of_a_partner_and_blends_the_targets_by_its_ar
     from ferlib.transforms import cut_pairs
 
     n, side = 200, 12
-    x = np.repeat(np.arange(n, dtype=np.float32), side * side).reshape(n, 1, side, side)  # face i is all i
+    place = np.arange(side * side, dtype=np.float32).reshape(side, side)
+    # pixel (r, c) of face i holds i * 1000 + its place, so a pasted pixel names its face and its place
+    x = (np.arange(n, dtype=np.float32)[:, None, None] * 1000 + place)[:, None]
     y = np.random.default_rng(0).dirichlet(np.ones(8), size=n).astype(np.float32)
     mixed_x, mixed_y = cut_pairs(x, y, np.random.default_rng(4), 0.5)
     assert mixed_x.shape == x.shape and mixed_x.dtype == x.dtype and mixed_y.dtype == y.dtype
-    assert np.array_equal(x[:, 0, 0, 0], np.arange(n))  # the input is left as it was
+    assert np.array_equal(x[:, 0, 0, 0], np.arange(n) * 1000)  # the input is left as it was
     np.testing.assert_allclose(mixed_y.sum(axis=1), 1, rtol=1e-5)  # targets stay distributions
     cut = 0
     for i in range(n):
         face = mixed_x[i, 0]
-        others = np.unique(face[face != i])
+        source = face // 1000
+        assert np.array_equal(face - source * 1000, place)  # every pixel sits where it was taken from
+        others = np.unique(source[source != i])
         assert len(others) <= 1
         if len(others) == 0:
             np.testing.assert_allclose(mixed_y[i], y[i], atol=1e-6)
             continue
         cut += 1
-        rows, cols = np.nonzero(face != i)
+        rows, cols = np.nonzero(source != i)
         # one rectangle, filled with the partner's pixels
         assert len(rows) == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)
         kept = 1 - len(rows) / side ** 2
