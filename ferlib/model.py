@@ -129,7 +129,7 @@ class VGG13(_FaceNet):
         2019, "Making convolutional networks shift-invariant again"): a 2x2 max
         pooling of stride 1, then a 3x3 average of stride 2 (a box blur where
         the paper blurs with binomial filters); same map sizes, no parameters.
-        The ``cpu_long_aa`` recipe uses 2 (README, ablation).
+        The ``cpu_long_aa`` recipe uses 2 (``docs/results.md``, ablation).
 
     Inputs
     ------

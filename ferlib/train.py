@@ -160,7 +160,7 @@ class Recipe:
 
 
 # Shifts and flips only: with the paper's rotations and skew, 18 epochs underfit; whole-pixel
-# shifts keep the 48-pixel faces sharp (README, ablation).
+# shifts keep the 48-pixel faces sharp (docs/results.md, ablation).
 _CPU = Recipe(model="vgg13_half", input_size=48, batch_size=64, lr=0.05, optimizer="nag", schedule="cosine",
               warmup_epochs=1, wd=5e-4, num_epochs=40, ema_decay=0.999, normalization="standard",
               augmentation={"max_angle": 0.0, "max_skew": 0.0, "max_scale": 1.0, "whole_pixels": True},
@@ -178,12 +178,13 @@ _CPU_LONG = _CPU.replace(wd=1e-3, num_epochs=53, validate_last_weights=False)
 #:   the README's results table), 54 minutes in bfloat16 on a machine 1.2x slower in float32;
 #: * ``cpu_long``: ``cpu`` with 53 epochs and weight decay 1e-3, one validation pass an epoch: about
 #:   70 minutes on 2 AMD cores in bfloat16, 48 on 2 Intel cores with AMX, 90 or more in float32,
-#:   about 4 hours on 2 cores with AVX2 only (the README's ablation and "bfloat16 on the CPU");
+#:   about 4 hours on 2 cores with AVX2 only (``docs/results.md``'s ablation and the README's
+#:   "bfloat16 on the CPU");
 #: * ``cpu_long_aa``: ``cpu_long`` with anti-aliased poolings in the network's last two blocks
 #:   (``antialiased_blocks=2``), a little ahead of ``cpu_long`` on test (the README's results
 #:   table has every run's figures); as fast as ``cpu_long`` with AMX (48-55 minutes), about
-#:   1.04x slower on 2 AMD cores (83-84 minutes on slow hosts, past 75; README, ablation and
-#:   "bfloat16 on the CPU"); the network of ferlib's pretrained weights;
+#:   1.04x slower on 2 AMD cores (83-84 minutes on slow hosts, past 75; ``docs/results.md``, and the
+#:   README's "bfloat16 on the CPU"); the network of ferlib's pretrained weights;
 #: * ``cpu_small``: the earlier CPU recipe, a quarter of the channels, in half the time
 #:   (about 53 s per epoch, 40 epochs in about 36 minutes) and about 2.5 points less accurate;
 #: * ``synthetic``: ``cpu_small``'s network without dropout, which learns the synthetic set to
@@ -387,7 +388,7 @@ def bfloat16_view(net):
 
     A :class:`~mxnet.gluon.SymbolBlock` over ``net``'s own parameters, so a step through it trains
     ``net``: MXNet's AMP pass casts the inputs of the convolutions and dense layers to bfloat16,
-    which oneDNN multiplies about 1.5x faster than float32 on 2 cores (README, speed). The weights,
+    which oneDNN multiplies about 1.5x faster than float32 on 2 cores (README, "bfloat16 on the CPU"). The weights,
     their gradients' sum in the update, BatchNorm's statistics and the weight average stay float32,
     and so do validation and the export, which use ``net`` itself.
     """
