@@ -388,9 +388,9 @@ def bfloat16_view(net):
 
     A :class:`~mxnet.gluon.SymbolBlock` over ``net``'s own parameters, so a step through it trains
     ``net``: MXNet's AMP pass casts the inputs of the convolutions and dense layers to bfloat16,
-    which oneDNN multiplies about 1.5x faster than float32 on 2 cores (README, "bfloat16 on the CPU"). The weights,
-    their gradients' sum in the update, BatchNorm's statistics and the weight average stay float32,
-    and so do validation and the export, which use ``net`` itself.
+    which oneDNN multiplies about 1.5x faster than float32 on 2 cores (README, "bfloat16 on the
+    CPU"). The weights, their gradients' sum in the update, BatchNorm's statistics and the weight
+    average stay float32, and so do validation and the export, which use ``net`` itself.
     """
     import warnings
     from mxnet.contrib import amp as mx_amp

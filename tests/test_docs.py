@@ -1,4 +1,5 @@
 """The repository's Markdown pages: every relative link reaches a file, and every #anchor a heading of it."""
+import functools
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 
 
+@functools.lru_cache(maxsize=None)
 def anchors(page):
     """GitHub's heading ids: lower case, punctuation dropped but for - and _, spaces to hyphens, repeats -1, -2..."""
     seen, ids = {}, set()
