@@ -24,7 +24,7 @@ How it works, d2l style:
 * randomness (initial weights, dropout, augmentation, shuffling, the
   probability-mode label draws) comes from ``seed`` and the epoch number, so
   a CPU run is repeatable and resuming gives the run that was interrupted,
-  up to the last bits: with Nesterov SGD (the ``cpu`` recipes) the order in
+  up to the last bits: with Nesterov SGD (``cpu``, ``cpu_long``, ``cpu_long_aa``) the order in
   which MXNet's asynchronous engine runs a fresh process's updates moves
   them, and over many epochs a resumed run becomes another draw of the same
   recipe (docs/results.md).
