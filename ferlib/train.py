@@ -24,10 +24,10 @@ How it works, d2l style:
 * randomness (initial weights, dropout, augmentation, shuffling, the
   probability-mode label draws) comes from ``seed`` and the epoch number, so
   a CPU run is repeatable and resuming gives the run that was interrupted,
-  up to the last bits: with Nesterov SGD (``cpu``, ``cpu_long``, ``cpu_long_aa``) the order in
-  which MXNet's asynchronous engine runs a fresh process's updates moves
-  them, and over many epochs a resumed run becomes another draw of the same
-  recipe (docs/results.md).
+  up to the last bits: with Nesterov SGD (``optimizer="nag"``, as the
+  recipes built on ``cpu`` have) the order in which MXNet's asynchronous
+  engine runs a fresh process's updates moves them, and over many epochs a
+  resumed run becomes another draw of the same recipe (docs/results.md).
 
 The run folder stays usable whatever instant the process is killed at: every
 file is replaced atomically, the checkpoint is committed by its json
