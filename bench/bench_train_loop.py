@@ -6,9 +6,12 @@
 
 The baseline is the bare SGD step on one batch held in memory: forward, loss, backward and update,
 nothing else, in float32. Each following row adds one part of what ``ferlib.train.train`` does per
-batch, up to the whole ``_train_epoch`` over the real input pipeline; on a CPU with AVX-512 BF16,
-two more rows run the bare step and the whole epoch through ``bfloat16_view`` (the ``cpu`` recipe's
-``cpu_precision="auto"``), with Intel's AMX where ``import ferlib`` switched it on (the header says);
+batch, up to the whole ``_train_epoch`` over the real input pipeline, without and with the progress
+bar that ``python -m ferlib train`` shows; on a CPU with AVX-512 BF16,
+three more rows run the bare step and the whole epoch through ``bfloat16_view`` (the ``cpu`` recipe's
+``cpu_precision="auto"``), the step with the first convolution on one input channel and on two
+(``two_channel_input``; a line before the table gives their ratio, timed in turn), with Intel's AMX
+where ``import ferlib`` switched it on (the header says);
 ``DNNL_MAX_CPU_ISA=AVX512_CORE_BF16`` in the environment keeps AMX off, for the figures without it.
 The last rows time one validation pass, which a run with a weight average makes twice per epoch
 when it also validates the last weights. Run it on an idle machine: the ratios are what it is for.
@@ -21,6 +24,8 @@ over ``--rounds``: the recipes are measured in turn, the order reversed each rou
 is the median of the rounds' (their range beside it).
 """
 import argparse
+import contextlib
+import io
 import os
 import shlex
 import statistics
@@ -58,6 +63,17 @@ def images_per_second(step, batch_size, batches):
         step()
     mx.nd.waitall()
     return batches * batch_size / (time.perf_counter() - start)
+
+
+def alternated(step, baseline, batch_size, batches, rounds=8):
+    """Sorted images/s ratios of ``step`` to ``baseline``, timed in turn ``rounds`` times each (the
+    order swapped every round): the host's drift, up to a sixth within minutes, falls on both alike."""
+    ratios = []
+    for round_ in range(rounds):
+        pair = (step, baseline) if round_ % 2 == 0 else (baseline, step)
+        rates = dict(zip(pair, (images_per_second(s, batch_size, batches) for s in pair)))
+        ratios.append(rates[step] / rates[baseline])
+    return sorted(ratios)
 
 
 def main():
@@ -150,17 +166,24 @@ def measure(args, recipe_name, recipe, cache):
     lr_at = train.make_lr_schedule(recipe.schedule, recipe.lr, recipe.num_epochs, iters,
                                    recipe.warmup_epochs, recipe.lr_steps)
 
-    def whole_epoch(step_net):
-        for epoch in range(2):  # the first warms up the loader and the layouts
-            record = train._train_epoch(step_net, trainer, loss_fn, loader, ctx, epoch, 2, iters, lr_at, b, False,
-                                        False, average)
+    def whole_epoch(step_net, progress=False):
+        with contextlib.redirect_stderr(io.StringIO()):  # the bar's output, not the rate
+            for epoch in range(2):  # the first warms up the loader and the layouts
+                record = train._train_epoch(step_net, trainer, loss_fn, loader, ctx, epoch, 2, iters, lr_at, b,
+                                            False, progress, average)
         return record["images_per_sec"]
 
-    rows.append(("whole epoch loop, input pipeline included (_train_epoch)", whole_epoch(net)))
+    rows += [("whole epoch loop, input pipeline included (_train_epoch)", whole_epoch(net)),
+             ("the same with train's progress bar", whole_epoch(net, progress=True))]
     if ferlib.cpu.cpu_has_bfloat16():
-        step_net = train.bfloat16_view(net)
-        rows += [("bare step in bfloat16 (bfloat16_view)", images_per_second(bare(step_net), b, args.batches)),
-                 ("whole epoch loop in bfloat16", whole_epoch(step_net))]
+        one, two = (bare(train.bfloat16_view(net, two_channel_input=wide)) for wide in (False, True))
+        rows += [("bare step in bfloat16, first convolution on one channel", images_per_second(one, b, args.batches)),
+                 ("bare step in bfloat16, on two channels", images_per_second(two, b, args.batches)),
+                 ("whole epoch loop in bfloat16 (bfloat16_view)", whole_epoch(train.bfloat16_view(net)))]
+        ratios = alternated(two, one, b, args.batches // 3)
+        print(f"bfloat16 step, first convolution on two channels against one, {len(ratios)} alternations of "
+              f"{args.batches // 3} batches: x{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}); "
+              f"bfloat16_view uses {'one (AMX on)' if ferlib.cpu.amx_enabled() else 'two'}\n")
     else:
         print("(this CPU has no AVX-512 BF16: no bfloat16 rows)")
     ceiling = rows[0][1]

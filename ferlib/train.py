@@ -187,8 +187,9 @@ _CPU_LONG = _CPU.replace(wd=1e-3, num_epochs=53, validate_last_weights=False)
 #: * ``cpu_long_aa``: ``cpu_long`` with anti-aliased poolings in the network's last two blocks
 #:   (``antialiased_blocks=2``), a little ahead of ``cpu_long`` on test (the README's results
 #:   table has every run's figures); as fast as ``cpu_long`` with AMX (48-55 minutes), about
-#:   1.04x slower on 2 AMD cores (83-84 minutes on slow hosts, past 75; ``docs/results.md``, and the
-#:   README's "bfloat16 on the CPU"); the network of ferlib's pretrained weights;
+#:   1.04x slower on 2 AMD cores (83-84 minutes on slow hosts, 77 since :func:`bfloat16_view` gives the
+#:   first convolution two channels, past 75; ``docs/results.md``, and the README's "bfloat16 on the
+#:   CPU"); the network of ferlib's pretrained weights;
 #: * ``cpu_small``: the earlier CPU recipe, a quarter of the channels, in half the time
 #:   (about 53 s per epoch, 40 epochs in about 36 minutes) and about 2.5 points less accurate;
 #: * ``synthetic``: ``cpu_small``'s network without dropout, which learns the synthetic set to
@@ -387,7 +388,7 @@ def resolve_cpu_precision(cpu_precision, ctx):
     return "bfloat16"
 
 
-def bfloat16_view(net):
+def bfloat16_view(net, two_channel_input=None):
     """``net`` computing in bfloat16, for its training steps on a CPU with AVX-512 BF16.
 
     A :class:`~mxnet.gluon.SymbolBlock` over ``net``'s own parameters, so a step through it trains
@@ -395,17 +396,64 @@ def bfloat16_view(net):
     which oneDNN multiplies about 1.5x faster than float32 on 2 cores (README, "bfloat16 on the
     CPU"). The weights, their gradients' sum in the update, BatchNorm's statistics and the weight
     average stay float32, and so do validation and the export, which use ``net`` itself.
+
+    ``two_channel_input``: compute a first convolution over one channel (the grey face) as one over
+    two, the second channel zeros in the input and in the weights (:func:`first_conv_on_two_channels`):
+    the same sums. oneDNN 2 has no blocked bfloat16 kernel for one input channel, so the face would
+    leave that convolution in the plain layout, where the BatchNorm after it takes oneDNN's
+    reference path (17 ms of a 160 ms step of ``cpu_long_aa`` on AMD Zen 4, against 1 ms blocked).
+    Default: where AMX is off, where it was measured (about 1.1x a step, ``bench/bench_train_loop.py``).
     """
     import warnings
     from mxnet.contrib import amp as mx_amp
 
     data = mx.sym.var("data")
-    symbol = mx_amp.convert_symbol(net(data), target_dtype="bfloat16", cast_optional_params=False)
+    symbol = net(data)
+    if two_channel_input is None:
+        two_channel_input = not cpu.amx_enabled()  # measured without AMX only
+    if two_channel_input:
+        symbol = first_conv_on_two_channels(symbol, net.collect_params())
+    symbol = mx_amp.convert_symbol(symbol, target_dtype="bfloat16", cast_optional_params=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "cannot decide type for data": float32, as fed
         view = gluon.SymbolBlock(symbol, data, params=net.collect_params())
     view.hybridize(static_alloc=True)
     return view
+
+
+def first_conv_on_two_channels(symbol, params):
+    """``symbol`` with its first convolution, if it reads one input channel, reading two: its input and
+    its weights each beside zeros of their own shape (``zeros_like``, then ``concat`` on the channel
+    axis), so it computes the same sums and its weights, still of shape (C, 1, k, k) in ``params``,
+    get the same gradients. Any other ``symbol`` is returned as it is."""
+    graph = json.loads(symbol.tojson())
+    nodes = graph["nodes"]
+    first = next((i for i, node in enumerate(nodes) if node["op"] == "Convolution"), None)
+    if first is None:
+        return symbol
+    source, weight = nodes[first]["inputs"][:2]
+    weight_name = nodes[weight[0]]["name"]
+    if weight_name not in params or params[weight_name].shape[1] != 1:
+        return symbol
+
+    def renumbered(entry):  # four nodes go in before the convolution
+        return [entry[0] + 4 if entry[0] >= first else entry[0], *entry[1:]]
+
+    for node in nodes:
+        node["inputs"] = [renumbered(entry) for entry in node["inputs"]]
+    widened = []
+    for name, entry in (("data", source), ("weight", weight)):
+        zeros = first + len(widened)
+        widened += [{"op": "zeros_like", "name": f"two_channel_{name}_zeros", "inputs": [entry]},
+                    {"op": "Concat", "name": f"two_channel_{name}", "attrs": {"dim": "1", "num_args": "2"},
+                     "inputs": [entry, [zeros, 0, 0]]}]
+    nodes[first:first] = widened
+    conv = nodes[first + 4]
+    conv["inputs"][:2] = [[first + 1, 0, 0], [first + 3, 0, 0]]
+    graph["arg_nodes"] = [i + 4 if i >= first else i for i in graph["arg_nodes"]]
+    graph["heads"] = [renumbered(entry) for entry in graph["heads"]]
+    graph.pop("node_row_ptr", None)  # rebuilt from the nodes when loaded
+    return mx.sym.load_json(json.dumps(graph))
 
 
 def make_trainer(net, lr=0.05, momentum=0.9, wd=0.0, kvstore=None, amp=False, optimizer="sgd", no_wd=False):
@@ -1216,6 +1264,7 @@ def _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, num_epochs, iter
     first_lr = lr_at(num_update)
     loss_sum = correct = None
     seen = 0
+    shown = None  # what the bar shows next: the loss sum and faces of its previous refresh
     with tqdm(total=iters_per_epoch, desc=f"epoch {epoch + 1}/{num_epochs}", unit="batch", leave=False,
               disable=not progress, dynamic_ncols=True) as bar:
         for i, (x, y) in enumerate(train_iter):
@@ -1228,9 +1277,13 @@ def _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, num_epochs, iter
             seen += x.shape[0]
             bar.update()
             if progress and (i % 10 == 9 or i + 1 == iters_per_epoch):
-                # Reading the numbers waits for the devices; every 10 batches is enough.
-                bar.set_postfix(loss=f"{loss_sum.asscalar() / seen:.4f}",
-                                images_per_s=f"{seen / (time.time() - start):.0f}")
+                # Reading a figure waits for the step that made it, which cost 5% of an epoch when it
+                # was the latest. Those of the previous refresh, 10 batches back, are long computed.
+                if shown is not None:
+                    shown_loss = shown[0].asscalar()
+                    bar.set_postfix(loss=f"{shown_loss / shown[1]:.4f}",
+                                    images_per_s=f"{shown[1] / (time.time() - start):.0f}")
+                shown = (loss_sum, seen)
     if seen == 0:
         raise FERError("the training loader gave no full batch")
     loss_value, correct_value = loss_sum.asscalar(), correct.asscalar()  # waits for the last batch

@@ -324,6 +324,48 @@ def test_a_bfloat16_step_moves_the_float32_weights_as_a_float32_step_would():
     assert exact_after < loss_before and low_after == pytest.approx(exact_after, rel=0.01)
 
 
+def test_the_first_convolution_on_two_channels_computes_the_same_sums_and_gradients():
+    """The bfloat16 view's rewrite, checked in float32 where the sums are exact enough to compare:
+    a zero channel beside the face, and zero weights beside the convolution's, change nothing."""
+    kwargs = {"width": 0.125, "batch_norm": True, "conv_dropout": 0.0, "dense_dropout": 0.0, "input_size": 32}
+    net = fer_train.build_net("vgg13_half", kwargs, [mx.cpu()], seed=3)
+    params = net.collect_params()
+    data = mx.sym.var("data")
+    symbol = fer_train.first_conv_on_two_channels(net(data), params)
+    internals = symbol.get_internals()
+    known = {name: p.shape for name, p in params.items()}  # the weight's, which concat does not pass back
+    shapes = dict(zip(internals.list_outputs(), internals.infer_shape(data=(4, 1, 32, 32), **known)[1]))
+    assert shapes["two_channel_data_output"] == (4, 2, 32, 32)
+    first_weight = next(p for name, p in params.items() if name.endswith("conv0_weight"))
+    assert shapes["two_channel_weight_output"] == (first_weight.shape[0], 2, 3, 3) and first_weight.shape[1] == 1
+    assert fer_train.first_conv_on_two_channels(symbol, params) is symbol  # it reads two channels already
+    widened = mx.gluon.SymbolBlock(symbol, data, params=params)
+    x = mx.nd.array(np.random.default_rng(0).normal(size=(4, 1, 32, 32)))
+    weights = [p for p in params.values() if p.grad_req != "null"]
+
+    def outputs_and_gradients(block):
+        with mx.autograd.record():
+            out = block(x)
+        out.backward(mx.nd.ones_like(out))
+        return out.asnumpy(), [p.grad().asnumpy().copy() for p in weights]
+
+    out, grads = outputs_and_gradients(net)
+    widened_out, widened_grads = outputs_and_gradients(widened)
+    np.testing.assert_allclose(widened_out, out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(widened_grads, grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+
+
+def test_the_bfloat16_view_widens_the_first_convolution_where_amx_is_off(monkeypatch):
+    net = fer_train.build_net("vgg13_half", {"width": 0.125, "input_size": 32}, [mx.cpu()])
+    for amx, widened in ((False, True), (True, False)):
+        monkeypatch.setattr(ferlib.cpu, "_amx_enabled", amx)
+        for view, expected in ((fer_train.bfloat16_view(net), widened),
+                               (fer_train.bfloat16_view(net, two_channel_input=not widened), not widened)):
+            outputs = view(mx.sym.var("data")).get_internals().list_outputs()
+            assert ("two_channel_data_output" in outputs) == expected
+
+
 def test_a_run_kept_in_float32_by_auto_says_why(synthetic_cache, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ferlib.cpu, "cpu_flags", lambda cpuinfo=None: frozenset({"fpu", "avx2", "fma"}))  # Zen 3
     result = fer_train.train(synthetic_cache, tmp_path / "run", cpu_precision="auto", num_epochs=1,
