@@ -436,22 +436,22 @@ def first_conv_on_two_channels(symbol, params):
     if weight_name not in params or params[weight_name].shape[1] != 1:
         return symbol
 
-    def renumbered(entry):  # four nodes go in before the convolution
-        return [entry[0] + 4 if entry[0] >= first else entry[0], *entry[1:]]
-
-    for node in nodes:
-        node["inputs"] = [renumbered(entry) for entry in node["inputs"]]
-    widened = []
+    widened = []  # go in before the convolution, whose inputs come before it
     for name, entry in (("data", source), ("weight", weight)):
         zeros = first + len(widened)
         widened += [{"op": "zeros_like", "name": f"two_channel_{name}_zeros", "inputs": [entry]},
                     {"op": "Concat", "name": f"two_channel_{name}", "attrs": {"dim": "1", "num_args": "2"},
                      "inputs": [entry, [zeros, 0, 0]]}]
+
+    def moved(index):
+        return index + len(widened) if index >= first else index
+
+    for node in nodes:
+        node["inputs"] = [[moved(entry[0]), *entry[1:]] for entry in node["inputs"]]
     nodes[first:first] = widened
-    conv = nodes[first + 4]
-    conv["inputs"][:2] = [[first + 1, 0, 0], [first + 3, 0, 0]]
-    graph["arg_nodes"] = [i + 4 if i >= first else i for i in graph["arg_nodes"]]
-    graph["heads"] = [renumbered(entry) for entry in graph["heads"]]
+    nodes[moved(first)]["inputs"][:2] = [[first + 1, 0, 0], [first + 3, 0, 0]]
+    graph["arg_nodes"] = [moved(i) for i in graph["arg_nodes"]]
+    graph["heads"] = [[moved(entry[0]), *entry[1:]] for entry in graph["heads"]]
     graph.pop("node_row_ptr", None)  # rebuilt from the nodes when loaded
     return mx.sym.load_json(json.dumps(graph))
 
@@ -1280,8 +1280,7 @@ def _train_epoch(net, trainer, loss_fn, train_iter, ctx, epoch, num_epochs, iter
                 # Reading a figure waits for the step that made it, which cost 5% of an epoch when it
                 # was the latest. Those of the previous refresh, 10 batches back, are long computed.
                 if shown is not None:
-                    shown_loss = shown[0].asscalar()
-                    bar.set_postfix(loss=f"{shown_loss / shown[1]:.4f}",
+                    bar.set_postfix(loss=f"{shown[0].asscalar() / shown[1]:.4f}",
                                     images_per_s=f"{shown[1] / (time.time() - start):.0f}")
                 shown = (loss_sum, seen)
     if seen == 0:
