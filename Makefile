@@ -5,9 +5,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # MXNet starts one OpenMP thread unless told otherwise; use every core.
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
-# Idle OpenMP threads sleep instead of spinning: with another busy process (a model server,
-# a loader worker) spinning threads made training 4x slower; idle, the cost is about 2%.
-export OMP_WAIT_POLICY ?= PASSIVE
+# Where processes may share the cores (tests and benches start servers and loader workers), idle
+# OpenMP threads sleep instead of spinning: spinning beside another busy process made training 4x slower.
+# Training alone (make demo, the train-loop bench) keeps libgomp's default: sleeping threads
+# made its epochs 1.09-1.10x longer (README, "bfloat16 on the CPU").
+test test-quick bench: export OMP_WAIT_POLICY ?= PASSIVE
 
 DEMO_DIR ?= build/demo
 # MXNet build: auto installs the GPU build (mxnet-cu112 and the CUDA 11 wheels) when there is
@@ -49,7 +51,7 @@ test-quick: setup
 
 bench: setup
 	$(PY) bench/bench_preprocess.py
-	OMP_NUM_THREADS=2 $(PY) bench/bench_train_loop.py $(if $(wildcard build/cache-real),--data build/cache-real)
+	env -u OMP_WAIT_POLICY OMP_NUM_THREADS=2 $(PY) bench/bench_train_loop.py $(if $(wildcard build/cache-real),--data build/cache-real)
 	$(PY) bench/bench_photos.py --scenes 100
 	$(PY) bench/bench_serving.py --quick
 	$(PY) bench/bench_serving.py --quick --baseline --run pretrained --photos $(or $(wildcard ../shared/data/faces),samples)

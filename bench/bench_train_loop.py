@@ -14,7 +14,9 @@ three more rows run the bare step and the whole epoch through ``bfloat16_view`` 
 where ``import ferlib`` switched it on (the header says);
 ``DNNL_MAX_CPU_ISA=AVX512_CORE_BF16`` in the environment keeps AMX off, for the figures without it.
 The last rows time one validation pass, which a run with a weight average makes twice per epoch
-when it also validates the last weights. Run it on an idle machine: the ratios are what it is for.
+when it also validates the last weights. Run it on an idle machine: the ratios are what it is for;
+and without ``OMP_WAIT_POLICY=PASSIVE`` (``make bench`` unsets it for this bench), as a training run alone would
+be, since sleeping OpenMP threads cost a bfloat16 epoch about 1.09x.
 Faces are the cache given with ``--data``, else the built-in synthetic ones. Given several recipes,
 it measures each in turn and ends with each row's rate against the first recipe's, from the same
 run: what a change of network (``cpu_long_aa`` against ``cpu_long``) costs a step on this machine.
@@ -136,6 +138,7 @@ def measure(args, recipe_name, recipe, cache):
     print(f"\nrecipe {recipe_name} ({recipe.model} {recipe.model_kwargs or ''}, "
           f"{recipe.input_size}x{recipe.input_size}, batch {b}), "
           f"{len(train_set)} training faces of {cache}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}, "
           f"AMX {'on' if ferlib.cpu.amx_enabled() else 'off' if ferlib.cpu.cpu_has_amx() else 'absent'}\n")
 
     steps = [0]
