@@ -15,8 +15,8 @@ where ``import ferlib`` switched it on (the header says);
 ``DNNL_MAX_CPU_ISA=AVX512_CORE_BF16`` in the environment keeps AMX off, for the figures without it.
 The last rows time one validation pass, which a run with a weight average makes twice per epoch
 when it also validates the last weights. Run it on an idle machine: the ratios are what it is for;
-and without ``OMP_WAIT_POLICY=PASSIVE`` (``make bench`` unsets it for this bench), as a training run alone would
-be, since sleeping OpenMP threads cost a bfloat16 epoch 1.1-1.3x.
+and without ``OMP_WAIT_POLICY=PASSIVE`` (``make bench`` unsets it for this bench), as a training
+run alone would be, since sleeping OpenMP threads cost a bfloat16 epoch 1.1-1.3x.
 Faces are the cache given with ``--data``, else the built-in synthetic ones. Given several recipes,
 it measures each in turn and ends with each row's rate against the first recipe's, from the same
 run: what a change of network (``cpu_long_aa`` against ``cpu_long``) costs a step on this machine.

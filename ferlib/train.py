@@ -185,7 +185,7 @@ _CPU_LONG = _CPU.replace(wd=1e-3, num_epochs=53, validate_last_weights=False)
 #:   about 4 hours on 2 cores with AVX2 only (``docs/results.md``'s ablation and the README's
 #:   "bfloat16 on the CPU");
 #: * ``cpu_long_aa``: ``cpu_long`` with anti-aliased poolings in the network's last two blocks
-#:   (``antialiased_blocks=2``), a little ahead of ``cpu_long`` on test (the README's results
+#:   (``antialiased_blocks=2``), level with ``cpu_long`` on test (the README's results
 #:   table has every run's figures); as fast as ``cpu_long`` with AMX (48-55 minutes), about
 #:   1.04x slower on 2 AMD cores (83-84 minutes on slow hosts, 77-81 since :func:`bfloat16_view` gives
 #:   the first convolution two channels, past 75, with ``OMP_WAIT_POLICY=PASSIVE``, which costs
