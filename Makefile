@@ -52,6 +52,7 @@ test-quick: setup
 bench: setup
 	$(PY) bench/bench_preprocess.py
 	env -u OMP_WAIT_POLICY OMP_NUM_THREADS=2 $(PY) bench/bench_train_loop.py $(if $(wildcard build/cache-real),--data build/cache-real)
+	env -u OMP_WAIT_POLICY OMP_NUM_THREADS=2 $(PY) bench/bench_openmp_team.py $(if $(wildcard build/cache-real),--data build/cache-real)
 	$(PY) bench/bench_photos.py --scenes 100
 	$(PY) bench/bench_serving.py --quick
 	$(PY) bench/bench_serving.py --quick --baseline --run pretrained --photos $(or $(wildcard ../shared/data/faces),samples)

@@ -29,7 +29,8 @@ One module per stage of the notebook series::
 
 ``import ferlib`` is light: submodules load on first use (``ferlib.data``, ...).
 It must come before ``import mxnet``: it makes MXNet 1.9.1 importable on numpy 2,
-loads the GPU build's CUDA libraries and lets oneDNN use AMX where the CPU has it.
+loads the GPU build's CUDA libraries, lets oneDNN use AMX where the CPU has it and keeps OpenMP to
+one team of threads.
 ``python -m ferlib --help`` lists the command-line verbs over the same functions.
 """
 import importlib
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 # These must run before anything imports mxnet (see _mxnet_compat, cuda and cpu for why).
 prepare_mxnet_import()
 cpu.enable_amx()
+cpu.keep_one_openmp_team()
 _missing_cuda_libraries = cuda.prepare_mxnet()
 if _missing_cuda_libraries:
     print(cuda.missing_message(_missing_cuda_libraries), file=sys.stderr)

@@ -1,4 +1,5 @@
-"""What this CPU offers MXNet's oneDNN kernels: AVX-512 BF16, and Intel's AMX tiles switched on.
+"""What this CPU offers MXNet's oneDNN kernels: AVX-512 BF16, Intel's AMX tiles switched on, and one
+OpenMP team of threads (:func:`keep_one_openmp_team`).
 
 MXNet 1.9.1 carries oneDNN 2.4, which has AMX kernels for bfloat16 convolutions (Intel Sapphire
 Rapids and newer) but leaves them off: it uses them only when ``DNNL_MAX_CPU_ISA`` names AMX, and
@@ -19,6 +20,10 @@ AMX_ISA = "AVX512_CORE_AMX"
 # Linux x86-64: arch_prctl's syscall number, its "request extended state permission" code, and
 # the AMX tile data's state component (arch/x86/include/uapi/asm/prctl.h, asm/fpu/types.h).
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+#: MXNet's ``MXNET_CPU_PARALLEL_SIZE``: it copies an array of this many elements or more with OpenMP
+#: (default 200,000). ferlib's value, the largest its ``index_t`` holds, keeps every copy serial.
+SERIAL_COPY_SIZE = 2**31 - 1
 
 _amx_enabled = False
 _variable_set_by_ferlib = False
@@ -73,6 +78,21 @@ def why_not_bfloat16(cpuinfo="/proc/cpuinfo"):
     if cpu_has_amx(cpuinfo) and not amx_enabled():
         return "AMX is off, and AVX-512 BF16 without it is slower than float32"
     return None
+
+
+def keep_one_openmp_team():
+    """Keep MXNet's copies from numpy serial, so that OpenMP keeps one team of threads; before ``import mxnet``.
+
+    MXNet copies an array of 200,000 elements or more with OpenMP. A validation batch of 256 faces is
+    one (256 x 48 x 48), copied in the Python thread, which then keeps a second OpenMP team beside
+    that of MXNet's worker thread. With more threads than cores a waiting libgomp thread spins 100
+    times before it sleeps instead of 300,000, so from the first validation on every training step
+    puts its threads to sleep and wakes them: about 470 voluntary context switches per batch instead
+    of 2-3, and the epoch loop 1.14x slower on the AMD machine (``bench/bench_openmp_team.py``; README,
+    "bfloat16 on the CPU"). A serial copy is a ``memcpy``; a training batch of 64 faces was below the
+    threshold anyway. A value the user set stands.
+    """
+    os.environ.setdefault("MXNET_CPU_PARALLEL_SIZE", str(SERIAL_COPY_SIZE))
 
 
 def _request_amx_permission():

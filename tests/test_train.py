@@ -263,6 +263,40 @@ def test_ferlib_switches_on_amx_for_bfloat16_steps_and_children_do_not_inherit_t
         assert not any("amx" in line for line in kernels)
 
 
+_VALIDATION_THREADS = """
+import os, ferlib
+import numpy as np
+import mxnet as mx
+from ferlib import train
+from ferlib.predict import LabelledFaces, validation_accuracy
+threads = lambda: len(os.listdir("/proc/self/task"))
+net = train.build_net("vgg13", {"width": 0.125, "batch_norm": True, "input_size": 48}, [mx.cpu()], seed=0)
+faces = LabelledFaces(np.random.RandomState(0).randint(0, 256, (300, 48, 48), dtype=np.uint8),
+                      np.tile([0, 0, 48, 48], (300, 1)), np.zeros(300, dtype=np.int64))
+validation_accuracy(net, LabelledFaces(*(a[:10] for a in faces)), 48)  # MXNet's threads all started
+before = threads()
+validation_accuracy(net, faces, 48)  # a first batch of 256 faces: 589,824 values copied from numpy
+print("threads", before, threads(), "| parallel size", os.environ["MXNET_CPU_PARALLEL_SIZE"])
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in Linux's /proc")
+@pytest.mark.parametrize("user_size", [None, "200000"])
+def test_a_validation_pass_starts_no_second_openmp_team_unless_the_user_asks(user_size):
+    """MXNet copies 200,000 values or more with OpenMP; in the Python thread that would start a second
+    team of threads, and then libgomp's threads sleep and wake at every training step (1.14x slower)."""
+    env = {k: v for k, v in os.environ.items() if k != "MXNET_CPU_PARALLEL_SIZE"}
+    env.update({"OMP_NUM_THREADS": "2"}, **({"MXNET_CPU_PARALLEL_SIZE": user_size} if user_size else {}))
+    done = subprocess.run([sys.executable, "-c", _VALIDATION_THREADS], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after, size = re.search(r"threads (\d+) (\d+) \| parallel size (\d+)", done.stdout).groups()
+    if user_size is None:
+        assert (int(after), int(size)) == (int(before), ferlib.cpu.SERIAL_COPY_SIZE)
+    else:  # MXNet's own threshold, which the user's value keeps: one more thread, the second team's
+        assert (int(after), size) == (int(before) + 1, user_size)
+
+
 @needs_bfloat16
 def test_anti_aliased_poolings_train_in_bfloat16_through_the_weight_average(tmp_path, synthetic_cache):
     """cpu_long_aa's blur is an average pooling because a fixed depthwise convolution failed here:

@@ -1,0 +1,137 @@
+"""OpenMP's teams: a recipe's epoch loop before and after one validation pass, with ferlib's serial
+copies against MXNet's parallel ones, each in a fresh process, same run.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_openmp_team.py [--recipe cpu_long_aa] [--rounds 2]
+        [--data build/cache-real]
+
+MXNet copies an array of ``MXNET_CPU_PARALLEL_SIZE`` values or more (200,000 by default) with
+OpenMP. Validation copies batches of 256 faces from numpy in the Python thread, which then keeps a
+second OpenMP team; with more OpenMP threads than cores libgomp cuts its spinning, and every later
+step sleeps and wakes its threads. ``import ferlib`` sets the threshold beyond any array
+(:func:`ferlib.cpu.keep_one_openmp_team`); the baseline is MXNet's 200,000. Each process times
+the recipe's precision's epoch loop (``_train_epoch`` over the real input pipeline, as ``train``
+runs it) over ``--batches`` batches, then validates the network once as ``fit`` does after each
+epoch, then times the loop again; it counts the threads and the voluntary context switches. The
+settings run in turn, the order reversed each round. Run it on an idle machine, without
+``OMP_WAIT_POLICY=PASSIVE`` (``make bench`` unsets it here), as a training run alone would be.
+Faces are the cache given with ``--data``, else the built-in synthetic ones.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MXNET_DEFAULT = "200000"
+SETTINGS = {"ferlib (serial copies)": None, f"MXNet's {MXNET_DEFAULT}": MXNET_DEFAULT}
+
+
+def child(args):
+    """In a fresh process: the loop's images/s before and after one validation pass, as JSON."""
+    sys.path.insert(0, str(REPO))
+    import ferlib  # noqa: F401  (before mxnet: sets MXNET_CPU_PARALLEL_SIZE unless given)
+    import mxnet as mx
+    from ferlib import data, losses, predict, train
+    from bench_train_loop import recipe_from_spec
+
+    recipe = recipe_from_spec(args.recipe)
+    ctx = [mx.cpu()]
+    net = train.build_net(recipe.model, recipe.model_kwargs, ctx)
+    bfloat16 = train.resolve_cpu_precision(recipe.cpu_precision, ctx) == "bfloat16"
+    step_net = train.bfloat16_view(net) if bfloat16 else net
+    trainer = train.make_trainer(net, recipe.lr, recipe.momentum, recipe.wd, optimizer=recipe.optimizer)
+    loss_fn = losses.get_loss("crossentropy")
+    train_set, val_faces = train._training_data(args.data, recipe, "crossentropy", seed=0, rank=0, num_machines=1)
+    average = train.WeightAverage(net, recipe.ema_decay) if recipe.ema_decay else None
+    b, n = recipe.batch_size, args.batches
+    part = train._shard(train_set, 0, max(1, len(train_set) // (n * b)))
+    loader = data.make_loader(part, b, shuffle=True, last_batch="discard")
+    iters = len(part) // b
+    lr_at = train.make_lr_schedule(recipe.schedule, recipe.lr, recipe.num_epochs, iters, recipe.warmup_epochs,
+                                   recipe.lr_steps)
+
+    def loop():
+        """images/s of one pass over the shard, and the voluntary context switches per batch."""
+        switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+        record = train._train_epoch(step_net, trainer, loss_fn, loader, ctx, 5, recipe.num_epochs, iters, lr_at,
+                                    b, False, False, average)
+        return record["images_per_sec"], (resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches) / iters
+
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+
+    loop()  # warms up the loader and the layouts
+    before, before_switches = loop()
+    threads_before = threads()
+    start = time.perf_counter()
+    predict.validation_accuracy(net, val_faces, recipe.input_size, ctx, normalization=recipe.normalization)
+    seconds = time.perf_counter() - start
+    after, after_switches = loop()
+    print(json.dumps({"before": before, "after": after, "switches_before": before_switches,
+                      "switches_after": after_switches, "threads_before": threads_before,
+                      "threads_after": threads(), "validation_s": seconds, "faces": len(val_faces.labels),
+                      "precision": "bfloat16" if bfloat16 else "float32",
+                      "parallel_size": os.environ["MXNET_CPU_PARALLEL_SIZE"]}))
+
+
+def synthetic_cache(folder):
+    """The bench's synthetic faces, prepared once for every process."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_train_loop import synthetic_cache as prepare  # imports ferlib, which measures nothing here
+    return prepare(folder, 4000)
+
+
+def run_child(args, cache, parallel_size):
+    env = {k: v for k, v in os.environ.items() if k != "MXNET_CPU_PARALLEL_SIZE"}
+    env.setdefault("OMP_NUM_THREADS", "2")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "bench"), env.get("PYTHONPATH", "")])
+    if parallel_size is not None:
+        env["MXNET_CPU_PARALLEL_SIZE"] = parallel_size
+    command = [sys.executable, __file__, "--child", "--data", cache, "--recipe", args.recipe,
+               "--batches", str(args.batches)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"the measuring process failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="cpu_long_aa", help="a recipe, with any of train's options (quoted)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the two settings in turn")
+    parser.add_argument("--batches", type=int, default=60, help="batches per timed loop")
+    parser.add_argument("--data", help="a prepared cache (default: a synthetic one)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    print(f"recipe {args.recipe}, {args.batches} batches per loop, {args.data or 'synthetic faces'}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '2')}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}\n")
+    print(f"{'MXNET_CPU_PARALLEL_SIZE':24s}{'round':>6s}{'before':>9s}{'after':>9s}{'after/before':>14s}"
+          f"{'switches/batch':>22s}{'threads':>10s}")
+    results = {name: [] for name in SETTINGS}
+    with tempfile.TemporaryDirectory() as folder:
+        cache = args.data or synthetic_cache(folder)
+        for round_ in range(args.rounds):
+            names = list(SETTINGS) if round_ % 2 == 0 else list(SETTINGS)[::-1]
+            for name in names:
+                r = run_child(args, cache, SETTINGS[name])
+                results[name].append(r)
+                print(f"{name:24s}{round_ + 1:6d}{r['before']:9.0f}{r['after']:9.0f}{r['after'] / r['before']:14.2f}"
+                      f"{r['switches_before']:11.0f} -> {r['switches_after']:<7.0f}"
+                      f"{r['threads_before']:5d} -> {r['threads_after']}", flush=True)
+    ours, theirs = (results[name] for name in SETTINGS)
+    ratios = sorted(o["after"] / t["after"] for o, t in zip(ours, theirs))
+    print(f"\nimages/s after a validation pass ({ours[0]['precision']} steps), ferlib against MXNet's "
+          f"default: x{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) over {len(ratios)} round(s)")
+
+
+if __name__ == "__main__":
+    main()
