@@ -24,22 +24,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-MXNET_DEFAULT = "200000"
+from bench_train_loop import recipe_from_spec, short_epoch, synthetic_cache  # imports ferlib, then mxnet
+
+import ferlib  # noqa: E402
+import mxnet as mx  # noqa: E402
+from ferlib import losses, predict, train  # noqa: E402
+
+VARIABLE, MXNET_DEFAULT = ferlib.cpu.PARALLEL_COPY_VARIABLE, str(ferlib.cpu.MXNET_PARALLEL_COPY_SIZE)
 SETTINGS = {"ferlib (serial copies)": None, f"MXNet's {MXNET_DEFAULT}": MXNET_DEFAULT}
 
 
 def child(args):
     """In a fresh process: the loop's images/s before and after one validation pass, as JSON."""
-    sys.path.insert(0, str(REPO))
-    import ferlib  # noqa: F401  (before mxnet: sets MXNET_CPU_PARALLEL_SIZE unless given)
-    import mxnet as mx
-    from ferlib import data, losses, predict, train
-    from bench_train_loop import recipe_from_spec
-
     recipe = recipe_from_spec(args.recipe)
     ctx = [mx.cpu()]
     net = train.build_net(recipe.model, recipe.model_kwargs, ctx)
@@ -49,18 +46,13 @@ def child(args):
     loss_fn = losses.get_loss("crossentropy")
     train_set, val_faces = train._training_data(args.data, recipe, "crossentropy", seed=0, rank=0, num_machines=1)
     average = train.WeightAverage(net, recipe.ema_decay) if recipe.ema_decay else None
-    b, n = recipe.batch_size, args.batches
-    part = train._shard(train_set, 0, max(1, len(train_set) // (n * b)))
-    loader = data.make_loader(part, b, shuffle=True, last_batch="discard")
-    iters = len(part) // b
-    lr_at = train.make_lr_schedule(recipe.schedule, recipe.lr, recipe.num_epochs, iters, recipe.warmup_epochs,
-                                   recipe.lr_steps)
+    loader, iters, lr_at = short_epoch(train_set, recipe, args.batches)
 
     def loop():
-        """images/s of one pass over the shard, and the voluntary context switches per batch."""
+        """images/s of one pass over the short epoch, and the voluntary context switches per batch."""
         switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
         record = train._train_epoch(step_net, trainer, loss_fn, loader, ctx, 5, recipe.num_epochs, iters, lr_at,
-                                    b, False, False, average)
+                                    recipe.batch_size, False, False, average)
         return record["images_per_sec"], (resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches) / iters
 
     def threads():
@@ -69,30 +61,18 @@ def child(args):
     loop()  # warms up the loader and the layouts
     before, before_switches = loop()
     threads_before = threads()
-    start = time.perf_counter()
     predict.validation_accuracy(net, val_faces, recipe.input_size, ctx, normalization=recipe.normalization)
-    seconds = time.perf_counter() - start
     after, after_switches = loop()
     print(json.dumps({"before": before, "after": after, "switches_before": before_switches,
                       "switches_after": after_switches, "threads_before": threads_before,
-                      "threads_after": threads(), "validation_s": seconds, "faces": len(val_faces.labels),
-                      "precision": "bfloat16" if bfloat16 else "float32",
-                      "parallel_size": os.environ["MXNET_CPU_PARALLEL_SIZE"]}))
-
-
-def synthetic_cache(folder):
-    """The bench's synthetic faces, prepared once for every process."""
-    sys.path.insert(0, str(REPO / "bench"))
-    from bench_train_loop import synthetic_cache as prepare  # imports ferlib, which measures nothing here
-    return prepare(folder, 4000)
+                      "threads_after": threads(), "precision": "bfloat16" if bfloat16 else "float32"}))
 
 
 def run_child(args, cache, parallel_size):
-    env = {k: v for k, v in os.environ.items() if k != "MXNET_CPU_PARALLEL_SIZE"}
-    env.setdefault("OMP_NUM_THREADS", "2")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "bench"), env.get("PYTHONPATH", "")])
+    """One measuring process, with MXNet's threshold at ``parallel_size`` (None: ferlib's)."""
+    env = {k: v for k, v in os.environ.items() if k != VARIABLE}  # ferlib set it here too
     if parallel_size is not None:
-        env["MXNET_CPU_PARALLEL_SIZE"] = parallel_size
+        env[VARIABLE] = parallel_size
     command = [sys.executable, __file__, "--child", "--data", cache, "--recipe", args.recipe,
                "--batches", str(args.batches)]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -112,13 +92,13 @@ def main():
     if args.child:
         return child(args)
     print(f"recipe {args.recipe}, {args.batches} batches per loop, {args.data or 'synthetic faces'}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '2')}, "
+          f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}\n")
-    print(f"{'MXNET_CPU_PARALLEL_SIZE':24s}{'round':>6s}{'before':>9s}{'after':>9s}{'after/before':>14s}"
+    print(f"{VARIABLE:24s}{'round':>6s}{'before':>9s}{'after':>9s}{'after/before':>14s}"
           f"{'switches/batch':>22s}{'threads':>10s}")
     results = {name: [] for name in SETTINGS}
     with tempfile.TemporaryDirectory() as folder:
-        cache = args.data or synthetic_cache(folder)
+        cache = args.data or synthetic_cache(folder, 4000)
         for round_ in range(args.rounds):
             names = list(SETTINGS) if round_ % 2 == 0 else list(SETTINGS)[::-1]
             for name in names:

@@ -126,6 +126,18 @@ def recipe_from_spec(spec):
     return train._checked_recipe(train.recipe_from_args(args))
 
 
+def short_epoch(train_set, recipe, batches):
+    """A short epoch of the real pipeline, about ``batches`` long: the share of one of many workers, as
+    distributed training cuts it. Its loader, its number of batches and the recipe's rate schedule."""
+    b = recipe.batch_size
+    part = train._shard(train_set, 0, max(1, len(train_set) // (batches * b)))
+    iters = len(part) // b
+    loader = data.make_loader(part, b, shuffle=True, last_batch="discard")
+    lr_at = train.make_lr_schedule(recipe.schedule, recipe.lr, recipe.num_epochs, iters,
+                                   recipe.warmup_epochs, recipe.lr_steps)
+    return loader, iters, lr_at
+
+
 def measure(args, recipe_name, recipe, cache):
     ctx = [mx.cpu()]
     net = train.build_net(recipe.model, recipe.model_kwargs, ctx)
@@ -162,12 +174,7 @@ def measure(args, recipe_name, recipe, cache):
     if average is not None:
         rows.append(("train_batch + weight average update", images_per_second(with_average, b, args.batches)))
 
-    # A short epoch of the real pipeline: the share of one of many workers, as distributed training cuts it.
-    part = train._shard(train_set, 0, max(1, len(train_set) // (args.batches * b)))
-    iters = len(part) // b
-    loader = data.make_loader(part, b, shuffle=True, last_batch="discard")
-    lr_at = train.make_lr_schedule(recipe.schedule, recipe.lr, recipe.num_epochs, iters,
-                                   recipe.warmup_epochs, recipe.lr_steps)
+    loader, iters, lr_at = short_epoch(train_set, recipe, args.batches)
 
     def whole_epoch(step_net, progress=False):
         with contextlib.redirect_stderr(io.StringIO()):  # the bar's output, not the rate

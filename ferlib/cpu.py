@@ -21,8 +21,10 @@ AMX_ISA = "AVX512_CORE_AMX"
 # the AMX tile data's state component (arch/x86/include/uapi/asm/prctl.h, asm/fpu/types.h).
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
 
-#: MXNet's ``MXNET_CPU_PARALLEL_SIZE``: it copies an array of this many elements or more with OpenMP
-#: (default 200,000). ferlib's value, the largest its ``index_t`` holds, keeps every copy serial.
+#: MXNet copies an array of this variable's number of elements or more with OpenMP (by default
+#: MXNET_PARALLEL_COPY_SIZE); ferlib's SERIAL_COPY_SIZE, the largest its ``index_t`` holds, keeps every copy serial.
+PARALLEL_COPY_VARIABLE = "MXNET_CPU_PARALLEL_SIZE"
+MXNET_PARALLEL_COPY_SIZE = 200_000
 SERIAL_COPY_SIZE = 2**31 - 1
 
 _amx_enabled = False
@@ -92,7 +94,7 @@ def keep_one_openmp_team():
     "bfloat16 on the CPU"). A serial copy is a ``memcpy``; a training batch of 64 faces was below the
     threshold anyway. A value the user set stands.
     """
-    os.environ.setdefault("MXNET_CPU_PARALLEL_SIZE", str(SERIAL_COPY_SIZE))
+    os.environ.setdefault(PARALLEL_COPY_VARIABLE, str(SERIAL_COPY_SIZE))
 
 
 def _request_amx_permission():

@@ -276,17 +276,17 @@ faces = LabelledFaces(np.random.RandomState(0).randint(0, 256, (300, 48, 48), dt
 validation_accuracy(net, LabelledFaces(*(a[:10] for a in faces)), 48)  # MXNet's threads all started
 before = threads()
 validation_accuracy(net, faces, 48)  # a first batch of 256 faces: 589,824 values copied from numpy
-print("threads", before, threads(), "| parallel size", os.environ["MXNET_CPU_PARALLEL_SIZE"])
+print("threads", before, threads(), "| parallel size", os.environ[ferlib.cpu.PARALLEL_COPY_VARIABLE])
 """
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in Linux's /proc")
-@pytest.mark.parametrize("user_size", [None, "200000"])
+@pytest.mark.parametrize("user_size", [None, str(ferlib.cpu.MXNET_PARALLEL_COPY_SIZE)])
 def test_a_validation_pass_starts_no_second_openmp_team_unless_the_user_asks(user_size):
     """MXNet copies 200,000 values or more with OpenMP; in the Python thread that would start a second
     team of threads, and then libgomp's threads sleep and wake at every training step (1.14x slower)."""
-    env = {k: v for k, v in os.environ.items() if k != "MXNET_CPU_PARALLEL_SIZE"}
-    env.update({"OMP_NUM_THREADS": "2"}, **({"MXNET_CPU_PARALLEL_SIZE": user_size} if user_size else {}))
+    env = {k: v for k, v in os.environ.items() if k != ferlib.cpu.PARALLEL_COPY_VARIABLE}
+    env.update({"OMP_NUM_THREADS": "2"}, **({ferlib.cpu.PARALLEL_COPY_VARIABLE: user_size} if user_size else {}))
     done = subprocess.run([sys.executable, "-c", _VALIDATION_THREADS], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
