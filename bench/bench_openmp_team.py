@@ -1,5 +1,5 @@
-"""OpenMP's teams: a recipe's epoch loop before and after one validation pass, with ferlib's serial
-copies against MXNet's parallel ones, each in a fresh process, same run.
+"""OpenMP's teams: a recipe's epoch loop before and after an epoch's end (a validation pass and a
+checkpoint), with ferlib's serial copies against MXNet's parallel ones, each in a fresh process, same run.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_openmp_team.py [--recipe cpu_long_aa] [--rounds 2]
         [--data build/cache-real]
@@ -8,12 +8,14 @@ MXNet copies an array of ``MXNET_CPU_PARALLEL_SIZE`` values or more (200,000 by 
 OpenMP. Validation copies batches of 256 faces from numpy in the Python thread, which then keeps a
 second OpenMP team; with more OpenMP threads than cores libgomp cuts its spinning, and every later
 step sleeps and wakes its threads. ``import ferlib`` sets the threshold beyond any array
-(:func:`ferlib.cpu.keep_one_openmp_team`); the baseline is MXNet's 200,000. Each process times
+(:func:`ferlib.cpu.keep_one_openmp_team`); the baseline is MXNet's 200,000. (A checkpoint did the
+same, putting weights that validation had left in oneDNN's blocked layout back in order in the
+Python thread, until ``WeightAverage.save_with`` let the engine copy them.) Each process times
 the recipe's precision's epoch loop (``_train_epoch`` over the real input pipeline, as ``train``
-runs it) over ``--batches`` batches, then validates the network once as ``fit`` does after each
-epoch, then times the loop again; it counts the threads and the voluntary context switches. The
-settings run in turn, the order reversed each round. Run it on an idle machine, without
-``OMP_WAIT_POLICY=PASSIVE`` (``make bench`` unsets it here), as a training run alone would be.
+runs it) over ``--batches`` batches, then validates the network once and saves a checkpoint with
+the weight average, as ``fit`` does after each epoch, then times the loop again; it counts the
+threads and the voluntary context switches. The settings run in turn, the order reversed each
+round. Run it on an idle machine, without ``OMP_WAIT_POLICY=PASSIVE`` (``make bench`` unsets it here), as a training run alone would be.
 Faces are the cache given with ``--data``, else the built-in synthetic ones.
 """
 import argparse
@@ -36,7 +38,7 @@ SETTINGS = {"ferlib (serial copies)": None, f"MXNet's {MXNET_DEFAULT}": MXNET_DE
 
 
 def child(args):
-    """In a fresh process: the loop's images/s before and after one validation pass, as JSON."""
+    """In a fresh process: the loop's images/s before and after an epoch's end, as JSON."""
     recipe = recipe_from_spec(args.recipe)
     ctx = [mx.cpu()]
     net = train.build_net(recipe.model, recipe.model_kwargs, ctx)
@@ -62,6 +64,8 @@ def child(args):
     before, before_switches = loop()
     threads_before = threads()
     predict.validation_accuracy(net, val_faces, recipe.input_size, ctx, normalization=recipe.normalization)
+    with tempfile.TemporaryDirectory() as run_dir:
+        train.save_checkpoint(run_dir, net, trainer, {"epoch": 1}, average)
     after, after_switches = loop()
     print(json.dumps({"before": before, "after": after, "switches_before": before_switches,
                       "switches_after": after_switches, "threads_before": threads_before,
@@ -109,7 +113,7 @@ def main():
                       f"{r['threads_before']:5d} -> {r['threads_after']}", flush=True)
     ours, theirs = (results[name] for name in SETTINGS)
     ratios = sorted(o["after"] / t["after"] for o, t in zip(ours, theirs))
-    print(f"\nimages/s after a validation pass ({ours[0]['precision']} steps), ferlib against MXNet's "
+    print(f"\nimages/s after an epoch's end ({ours[0]['precision']} steps), ferlib against MXNet's "
           f"default: x{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) over {len(ratios)} round(s)")
 
 

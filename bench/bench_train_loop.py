@@ -192,8 +192,7 @@ def measure(args, recipe_name, recipe, cache):
                  ("whole epoch loop in bfloat16 (bfloat16_view)", whole_epoch(train.bfloat16_view(net)))]
         ratios = alternated(two, one, b, args.batches // 3)
         print(f"bfloat16 step, first convolution on two channels against one, {len(ratios)} alternations of "
-              f"{args.batches // 3} batches: x{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}); "
-              f"bfloat16_view uses {'one (AMX on)' if ferlib.cpu.amx_enabled() else 'two'}\n")
+              f"{args.batches // 3} batches: x{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})\n")
     else:
         print("(this CPU has no AVX-512 BF16: no bfloat16 rows)")
     ceiling = rows[0][1]

@@ -186,7 +186,8 @@ _CPU_LONG = _CPU.replace(wd=1e-3, num_epochs=53, validate_last_weights=False)
 #:   "bfloat16 on the CPU");
 #: * ``cpu_long_aa``: ``cpu_long`` with anti-aliased poolings in the network's last two blocks
 #:   (``antialiased_blocks=2``), level with ``cpu_long`` on test (the README's results
-#:   table has every run's figures); as fast as ``cpu_long`` with AMX (48-55 minutes), about
+#:   table has every run's figures); as fast as ``cpu_long`` with AMX (48-55 minutes, 65 on a slower
+#:   host of that kind), about
 #:   1.04x slower on 2 AMD cores (83-84 minutes on slow hosts, 77-81 once :func:`bfloat16_view` gave
 #:   the first convolution two channels, 68-73 since ``import ferlib`` keeps OpenMP to one team of
 #:   threads, :func:`ferlib.cpu.keep_one_openmp_team`; ``docs/results.md``, and the README's
@@ -389,7 +390,7 @@ def resolve_cpu_precision(cpu_precision, ctx):
     return "bfloat16"
 
 
-def bfloat16_view(net, two_channel_input=None):
+def bfloat16_view(net, two_channel_input=True):
     """``net`` computing in bfloat16, for its training steps on a CPU with AVX-512 BF16.
 
     A :class:`~mxnet.gluon.SymbolBlock` over ``net``'s own parameters, so a step through it trains
@@ -402,16 +403,15 @@ def bfloat16_view(net, two_channel_input=None):
     two, the second channel zeros in the input and in the weights (:func:`first_conv_on_two_channels`):
     the same sums. oneDNN 2 has no blocked bfloat16 kernel for one input channel, so the face would
     leave that convolution in the plain layout, where the BatchNorm after it takes oneDNN's
-    reference path (17 ms of a 160 ms step of ``cpu_long_aa`` on AMD Zen 4, against 1 ms blocked).
-    Default: where AMX is off, where it was measured (about 1.1x a step, ``bench/bench_train_loop.py``).
+    reference path (17 ms of a 160 ms step of ``cpu_long_aa`` on AMD Zen 4, against 1 ms blocked;
+    on Intel with AMX, a plain-layout kernel and more reorders: 19-29 ms of a 166-226 ms step).
+    About 1.1x a step with AMX and without (``bench/bench_train_loop.py``). ``False`` keeps one channel.
     """
     import warnings
     from mxnet.contrib import amp as mx_amp
 
     data = mx.sym.var("data")
     symbol = net(data)
-    if two_channel_input is None:
-        two_channel_input = not cpu.amx_enabled()  # measured without AMX only
     if two_channel_input:
         symbol = first_conv_on_two_channels(symbol, net.collect_params())
     symbol = mx_amp.convert_symbol(symbol, target_dtype="bfloat16", cast_optional_params=False)
@@ -604,9 +604,14 @@ class WeightAverage:
                 p.set_data(own[name])
 
     def save_with(self, path):
-        """Save the network's weights and the average in one file (a checkpoint's ``.params``)."""
-        arrays = {name: p.data().as_in_context(mx.cpu()) for name, p in self.params.items()}
-        arrays.update({_AVERAGE_KEY + name: a.as_in_context(mx.cpu()) for name, a in self.shadow.items()})
+        """Save the network's weights and the average in one file (a checkpoint's ``.params``).
+
+        Copies made by MXNet's engine are saved, as ``save_parameters`` saves: an array that oneDNN keeps
+        in its blocked layout is then put back in order by the engine's OpenMP team. Saved as it is, it
+        would be by this thread, which would keep a second team, and every later step would put the
+        threads to sleep and wake them (:func:`ferlib.cpu.keep_one_openmp_team`)."""
+        arrays = {name: p.data().copyto(mx.cpu()) for name, p in self.params.items()}
+        arrays.update({_AVERAGE_KEY + name: a.copyto(mx.cpu()) for name, a in self.shadow.items()})
         mx.nd.save(str(path), arrays)
 
     def load_with(self, path, ctx):
