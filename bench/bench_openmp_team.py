@@ -15,8 +15,8 @@ the recipe's precision's epoch loop (``_train_epoch`` over the real input pipeli
 runs it) over ``--batches`` batches, then validates the network once and saves a checkpoint with
 the weight average, as ``fit`` does after each epoch, then times the loop again; it counts the
 threads and the voluntary context switches. The settings run in turn, the order reversed each
-round. Run it on an idle machine, without ``OMP_WAIT_POLICY=PASSIVE`` (``make bench`` unsets it here), as a training run alone would be.
-Faces are the cache given with ``--data``, else the built-in synthetic ones.
+round. Run it on an idle machine, without ``OMP_WAIT_POLICY=PASSIVE`` (``make bench`` unsets it
+here), as a training run alone would be. Faces are the cache given with ``--data``, else the built-in synthetic ones.
 """
 import argparse
 import json
