@@ -280,6 +280,13 @@ print("threads", before, threads(), "| parallel size", os.environ[ferlib.cpu.PAR
 """
 
 
+def _threads_before_and_after(script, env, more=""):
+    """Run ``script`` in a fresh process; the groups of its line ``threads BEFORE AFTER`` + ``more``."""
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return re.search(r"threads (\d+) (\d+)" + more, done.stdout).groups()
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in Linux's /proc")
 @pytest.mark.parametrize("user_size", [None, str(ferlib.cpu.MXNET_PARALLEL_COPY_SIZE)])
 def test_a_validation_pass_starts_no_second_openmp_team_unless_the_user_asks(user_size):
@@ -287,10 +294,7 @@ def test_a_validation_pass_starts_no_second_openmp_team_unless_the_user_asks(use
     team of threads, and then libgomp's threads sleep and wake at every training step (1.14x slower)."""
     env = {k: v for k, v in os.environ.items() if k != ferlib.cpu.PARALLEL_COPY_VARIABLE}
     env.update({"OMP_NUM_THREADS": "2"}, **({ferlib.cpu.PARALLEL_COPY_VARIABLE: user_size} if user_size else {}))
-    done = subprocess.run([sys.executable, "-c", _VALIDATION_THREADS], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    before, after, size = re.search(r"threads (\d+) (\d+) \| parallel size (\d+)", done.stdout).groups()
+    before, after, size = _threads_before_and_after(_VALIDATION_THREADS, env, r" \| parallel size (\d+)")
     if user_size is None:
         assert (int(after), int(size)) == (int(before), ferlib.cpu.SERIAL_COPY_SIZE)
     else:  # MXNet's own threshold, which the user's value keeps: one more thread, the second team's
@@ -325,10 +329,7 @@ print("threads", before, threads())
 def test_a_checkpoint_with_a_weight_average_starts_no_second_openmp_team():
     """Saving the blocked arrays as they are would reorder them in the Python thread, with OpenMP: a second
     team, whose threads made a real run's OpenMP threads sleep and wake about a thousand times a second."""
-    done = subprocess.run([sys.executable, "-c", _CHECKPOINT_THREADS], env={**os.environ, "OMP_NUM_THREADS": "2"},
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    before, after = re.search(r"threads (\d+) (\d+)", done.stdout).groups()
+    before, after = _threads_before_and_after(_CHECKPOINT_THREADS, {**os.environ, "OMP_NUM_THREADS": "2"})
     assert after == before
 
 
