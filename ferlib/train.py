@@ -186,12 +186,11 @@ _CPU_LONG = _CPU.replace(wd=1e-3, num_epochs=53, validate_last_weights=False)
 #:   "bfloat16 on the CPU");
 #: * ``cpu_long_aa``: ``cpu_long`` with anti-aliased poolings in the network's last two blocks
 #:   (``antialiased_blocks=2``), level with ``cpu_long`` on test (the README's results
-#:   table has every run's figures); as fast as ``cpu_long`` with AMX (48-55 minutes, 65 on a slower
-#:   host of that kind), about
-#:   1.04x slower on 2 AMD cores (83-84 minutes on slow hosts, 77-81 once :func:`bfloat16_view` gave
-#:   the first convolution two channels, 68-73 since ``import ferlib`` keeps OpenMP to one team of
-#:   threads, :func:`ferlib.cpu.keep_one_openmp_team`; ``docs/results.md``, and the README's
-#:   "bfloat16 on the CPU"); the network of ferlib's pretrained weights;
+#:   table has every run's figures); as fast as ``cpu_long`` with AMX (48-55 minutes, 65 on a
+#:   slower host of that kind), about 1.04x slower on 2 AMD cores (83-84 minutes on slow hosts, 77-81
+#:   once :func:`bfloat16_view` gave the first convolution two channels, 68-73 since ``import ferlib``
+#:   keeps OpenMP to one team of threads, :func:`ferlib.cpu.keep_one_openmp_team`; ``docs/results.md``,
+#:   and the README's "bfloat16 on the CPU"); the network of ferlib's pretrained weights;
 #: * ``cpu_small``: the earlier CPU recipe, a quarter of the channels, in half the time
 #:   (about 53 s per epoch, 40 epochs in about 36 minutes) and about 2.5 points less accurate;
 #: * ``synthetic``: ``cpu_small``'s network without dropout, which learns the synthetic set to
