@@ -596,6 +596,15 @@ def test_weight_average_is_validated_kept_and_resumed_exactly(synthetic_cache, t
     for a, b in zip(whole["history"], once["history"]):
         assert b["val_acc"] == pytest.approx(a["val_acc"]) and b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["val_acc_last"] is None and a["val_acc_last"] is not None
+    # Updating the average every third step trains the same weights: only the average differs.
+    every = fer_train.train(synthetic_cache, tmp_path / "every", ema_every=3, **settings)
+    for a, b in zip(whole["history"], every["history"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["val_acc_last"] == pytest.approx(a["val_acc_last"])
+    third = _params(tmp_path / "every" / "checkpoint.params")
+    for key in averaged:
+        np.testing.assert_allclose(third[key], first[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    assert any(not np.allclose(third["average:" + k], first["average:" + k]) for k in averaged)
+    assert json.loads((tmp_path / "every" / "config.json").read_text())["ema_every"] == 3
 
 
 def test_weight_average_follows_its_formula_and_applied_restores_the_weights():
@@ -612,6 +621,29 @@ def test_weight_average_follows_its_formula_and_applied_restores_the_weights():
     np.testing.assert_allclose(net.weight.data().asnumpy(), 3.0)
     with pytest.raises(FERError, match="ema_decay must be in"):
         fer_train.WeightAverage(net, decay=1.0)
+
+
+def test_weight_average_every_few_steps_compounds_the_decay_of_the_steps_it_skips():
+    net = mx.gluon.nn.Dense(2, in_units=3)
+    net.initialize(mx.init.Constant(1.0))
+    every = fer_train.WeightAverage(net, decay=0.5, every=3)
+    each = fer_train.WeightAverage(net, decay=0.5)
+    net.weight.set_data(mx.nd.full((2, 3), 3.0))
+    for step in (0, 1):  # not yet a third step: the average waits
+        every.update(step)
+        np.testing.assert_allclose(every.shadow["weight"].asnumpy(), 1.0)
+    every.update(2)  # d = 0.1 x 2/11 x 3/12 for steps 0-2
+    d = 0.1 * (2 / 11) * (3 / 12)
+    np.testing.assert_allclose(every.shadow["weight"].asnumpy(), d * 1.0 + (1 - d) * 3.0, rtol=1e-6)
+    for step in (0, 1, 2):  # with the same weights at each step, updating every step gives the same
+        each.update(step)
+    np.testing.assert_allclose(each.shadow["weight"].asnumpy(), every.shadow["weight"].asnumpy(), rtol=1e-6)
+    for step in range(1000, 1003):  # late steps: 0.5 each, 0.125 together
+        every.update(step)
+    np.testing.assert_allclose(every.shadow["weight"].asnumpy(), 0.125 * (3.0 - 2 * d) + 0.875 * 3.0, rtol=1e-6)
+    for bad in (0, 2.5, True):
+        with pytest.raises(FERError, match="ema_every must be"):
+            fer_train.WeightAverage(net, decay=0.5, every=bad)
 
 
 def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(synthetic_cache, tmp_path, monkeypatch):
@@ -794,9 +826,9 @@ def test_the_command_line_changes_only_the_settings_it_is_given():
     assert recipe() == fer_train.RECIPES["paper"]
     assert recipe("--recipe", "cpu") == fer_train.RECIPES["cpu"]
     changed = recipe("--recipe", "cpu_small", "--lr", "0.01", "--dense-dropout", "0.3", "--lr-steps", "5,9",
-                     "--optimizer", "nag", "--ema-decay", "0.99")
+                     "--optimizer", "nag", "--ema-decay", "0.99", "--ema-every", "4")
     assert changed == fer_train.RECIPES["cpu_small"].replace(
-        lr=0.01, lr_steps=(5, 9), optimizer="nag", ema_decay=0.99,
+        lr=0.01, lr_steps=(5, 9), optimizer="nag", ema_decay=0.99, ema_every=4,
         model_kwargs={"conv_dropout": 0.0, "dense_dropout": 0.3})
     assert recipe("--recipe", "cpu", "--model", "vgg13").model_kwargs == {}  # another network: its own defaults
     assert recipe("--recipe", "cpu", "--no-validate-last-weights") == fer_train.RECIPES["cpu"].replace(
