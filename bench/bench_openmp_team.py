@@ -47,7 +47,7 @@ def child(args):
     trainer = train.make_trainer(net, recipe.lr, recipe.momentum, recipe.wd, optimizer=recipe.optimizer)
     loss_fn = losses.get_loss("crossentropy")
     train_set, val_faces = train._training_data(args.data, recipe, "crossentropy", seed=0, rank=0, num_machines=1)
-    average = train.WeightAverage(net, recipe.ema_decay, recipe.ema_every) if recipe.ema_decay else None
+    average = train.recipe_average(net, recipe)
     loader, iters, lr_at = short_epoch(train_set, recipe, args.batches)
 
     def loop():

@@ -146,7 +146,7 @@ def measure(args, recipe_name, recipe, cache):
     train_set, val_faces = train._training_data(cache, recipe, args.mode, seed=0, rank=0, num_machines=1)
     b = recipe.batch_size
     x, y = (mx.nd.array(a) for a in train_set.batch(range(b)))
-    average = train.WeightAverage(net, recipe.ema_decay, recipe.ema_every) if recipe.ema_decay else None
+    average = train.recipe_average(net, recipe)
     print(f"\nrecipe {recipe_name} ({recipe.model} {recipe.model_kwargs or ''}, "
           f"{recipe.input_size}x{recipe.input_size}, batch {b}), "
           f"{len(train_set)} training faces of {cache}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "

@@ -646,6 +646,11 @@ class WeightAverage:
 _AVERAGE_KEY = "average:"
 
 
+def recipe_average(net, recipe):
+    """The :class:`WeightAverage` of ``net`` that ``recipe`` asks for (its decay and ``every``), or None."""
+    return WeightAverage(net, recipe.ema_decay, recipe.ema_every) if recipe.ema_decay else None
+
+
 def _staged_name(name, epoch):
     """The versioned name a checkpoint file is first written under, e.g. ``checkpoint-0003.params``."""
     stem, suffix = name.split(".")
@@ -1070,7 +1075,7 @@ def train(data, out_dir, recipe="paper", mode="crossentropy", gpus=None, seed=0,
     # Built before anything is written: a wrong model option fails with the list of valid ones.
     net = build_net(recipe.model, recipe.model_kwargs, ctx, seed)
     step_net = bfloat16_view(net) if precision == "bfloat16" else net  # trains net's own weights
-    average = WeightAverage(net, recipe.ema_decay, recipe.ema_every) if recipe.ema_decay else None  # checks them
+    average = recipe_average(net, recipe)  # checks the decay and every
     kv = make_kvstore(kvstore, ctx)
     rank, num_machines = (kv.rank, kv.num_workers) if isinstance(kv, mx.kv.KVStore) else (0, 1)
     run_dir = Path(out_dir) if rank == 0 else Path(out_dir) / "workers" / str(rank)
