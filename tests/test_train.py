@@ -807,7 +807,7 @@ def test_small_variant_learns_the_synthetic_set(learnable_cache, tmp_path):
 def test_recipes_are_named_settings_with_changes(synthetic_cache, tmp_path):
     cpu = fer_train.get_recipe("cpu", lr=0.01)
     assert cpu.lr == 0.01 and cpu.model == "vgg13_half" and fer_train.RECIPES["cpu"].lr == 0.05
-    with pytest.raises(FERError, match="unknown recipe 'fast'; choose one of: paper, cpu, cpu_long, cpu_long_aa, cpu_small, synthetic"):
+    with pytest.raises(FERError, match="unknown recipe 'fast'; choose one of: paper, cpu, cpu_long, cpu_long_aa, cpu_long_aa_b32, cpu_small, synthetic"):
         fer_train.get_recipe("fast")
     with pytest.raises(FERError, match="no setting learning_rate; its settings are: model, model_kwargs"):
         fer_train.get_recipe("cpu", learning_rate=0.1)
@@ -840,6 +840,9 @@ def test_the_command_line_changes_only_the_settings_it_is_given():
     assert fer_train.RECIPES["cpu_long_aa"] == fer_train.RECIPES["cpu_long"].replace(
         model_kwargs={"antialiased_blocks": 2})
     assert recipe("--recipe", "cpu_long", "--antialiased-blocks", "2") == fer_train.RECIPES["cpu_long_aa"]
+    # docs/results.md's batch-32 runs were started as cpu_long_aa with these changes.
+    assert recipe("--recipe", "cpu_long_aa", "--batch-size", "32", "--lr", "0.025", "--ema-decay", "0.9995",
+                  "--ema-every", "4") == fer_train.RECIPES["cpu_long_aa_b32"] != fer_train.RECIPES["cpu_long_aa"]
     assert recipe("--recipe", "cpu_long", "--target-power", "2").target_power == 2.0
     assert recipe("--recipe", "cpu_long", "--no-wd").no_wd is True and recipe("--recipe", "cpu_long").no_wd is False
     assert recipe("--recipe", "cpu", "--cpu-precision", "float32").cpu_precision == "float32"
