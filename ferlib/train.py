@@ -200,8 +200,8 @@ _CPU_LONG_AA = _CPU_LONG.replace(model_kwargs={"antialiased_blocks": 2})
 #:   and the README's "bfloat16 on the CPU"); the network of ferlib's pretrained weights;
 #: * ``cpu_long_aa_b32``: ``cpu_long_aa`` at batch 32 with the learning rate halved (0.025) and the
 #:   average's decay per step 0.9995, so that its span in epochs stays; the average moves every fourth
-#:   step (``ema_every=4``), which trains the same weights in about 0.87x the time: 66-85 minutes on
-#:   2 Intel cores with AMX, about 75 on the AMD ones by its per-step runs' 86 (``docs/results.md``);
+#:   step (``ema_every=4``), which trains the same weights in about 0.87x the time (its timings on
+#:   both machines are in ``docs/results.md``);
 #: * ``cpu_small``: the earlier CPU recipe, a quarter of the channels, in half the time
 #:   (about 53 s per epoch, 40 epochs in about 36 minutes) and about 2.5 points less accurate;
 #: * ``synthetic``: ``cpu_small``'s network without dropout, which learns the synthetic set to
