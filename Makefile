@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 # Where processes may share the cores (tests and benches start servers and loader workers), idle
 # OpenMP threads sleep instead of spinning: spinning beside another busy process made training 4x slower.
 # Training alone (make demo, the train-loop bench) keeps libgomp's default: sleeping threads
-# made its epochs 1.1-1.3x longer (README, "bfloat16 on the CPU").
+# made its epochs 1.1-1.3x longer (docs/results.md, "bfloat16 on the CPU in detail").
 test test-quick bench: export OMP_WAIT_POLICY ?= PASSIVE
 
 DEMO_DIR ?= build/demo

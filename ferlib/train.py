@@ -192,8 +192,8 @@ _CPU_LONG_AA = _CPU_LONG.replace(model_kwargs={"antialiased_blocks": 2})
 #:   about 4 hours on 2 cores with AVX2 only (``docs/results.md``'s ablation and the README's
 #:   "bfloat16 on the CPU");
 #: * ``cpu_long_aa``: ``cpu_long`` with anti-aliased poolings in the network's last two blocks
-#:   (``antialiased_blocks=2``), level with ``cpu_long`` on test (the README's results
-#:   table has every run's figures); as fast as ``cpu_long`` with AMX (48-55 minutes, 65 on a
+#:   (``antialiased_blocks=2``), level with ``cpu_long`` on test (``docs/results.md``
+#:   has every run's figures); as fast as ``cpu_long`` with AMX (48-55 minutes, 65 on a
 #:   slower host of that kind), about 1.04x slower on 2 AMD cores (83-84 minutes on slow hosts, 77-81
 #:   once :func:`bfloat16_view` gave the first convolution two channels, 68-73 since ``import ferlib``
 #:   keeps OpenMP to one team of threads, :func:`ferlib.cpu.keep_one_openmp_team`; ``docs/results.md``,
