@@ -91,8 +91,8 @@ def keep_one_openmp_team():
     times before it sleeps instead of 300,000, so from the first validation on every training step
     puts its threads to sleep and wakes them: about 470 voluntary context switches per batch instead
     of 2-3, and the epoch loop 1.14x slower on the AMD machine (``bench/bench_openmp_team.py``;
-    ``docs/results.md``, "bfloat16 on the CPU in detail"). A serial copy is a ``memcpy``; a training batch of 64 faces was below the
-    threshold anyway. A value the user set stands.
+    ``docs/results.md``, "bfloat16 on the CPU in detail"). A serial copy is a ``memcpy``; a training
+    batch of 64 faces was below the threshold anyway. A value the user set stands.
     """
     os.environ.setdefault(PARALLEL_COPY_VARIABLE, str(SERIAL_COPY_SIZE))
 
